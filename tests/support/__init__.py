@@ -1,0 +1,1 @@
+"""Helpers that give tests real services: Redis, PostgreSQL, Celery workers."""

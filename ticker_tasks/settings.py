@@ -1,0 +1,242 @@
+"""Every tunable of the service, validated once at start-up.
+
+Values come from environment variables prefixed ``TICKER_`` (or a ``.env`` file in the working
+directory). :func:`load_settings` turns a validation failure into one :class:`ConfigError`
+line naming the variable, so a bad value never surfaces as a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ticker_tasks.errors import ConfigError
+
+ENV_PREFIX = "TICKER_"
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class Settings(BaseSettings):
+    """Typed, frozen configuration; build it with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    # --- services -------------------------------------------------------------------------
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis data store: state, published ticks, locks, rate limits.",
+        pattern=r"^(redis|rediss|unix)://",
+    )
+    broker_url: str | None = Field(
+        None,
+        description="Celery broker; a redis:// or amqp:// URL. Defaults to redis_url.",
+        pattern=r"^(redis|rediss|unix|amqp|amqps|pyamqp)://",
+    )
+    database_url: str = Field(
+        "sqlite:///./var/ticker_tasks.db",
+        description="SQLAlchemy URL: PostgreSQL in production, embedded SQLite by default.",
+        pattern=r"^(sqlite|postgresql)(\+\w+)?://",
+    )
+    secret_keys: SecretStr | None = Field(
+        None,
+        description="Comma-separated Fernet keys encrypting credentials at rest; the first "
+        "encrypts, all decrypt (rotation).",
+    )
+    log_level: str = Field(
+        "INFO",
+        description="Log level of every process.",
+        pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$",
+    )
+
+    # --- Kite -------------------------------------------------------------------------------
+    kite_rest_root: str = Field(
+        "https://api.kite.trade",
+        description="Root URL of the Kite REST API (the simulator's in development).",
+        pattern=r"^https?://",
+    )
+    kite_ws_root: str = Field(
+        "wss://ws.kite.trade",
+        description="Root URL of the Kite ticker WebSocket (the simulator's in development).",
+        pattern=r"^wss?://[^?]+$",
+    )
+    kite_rest_timeout_s: PositiveFloat = Field(7.0, description="Timeout of one REST call.")
+    kite_ws_connect_timeout_s: PositiveFloat = Field(
+        10.0, description="Timeout of a WebSocket connect + upgrade."
+    )
+    kite_rate_general_per_s: PositiveFloat = Field(
+        10.0, description="Kite limit for ordinary REST endpoints, per api_key."
+    )
+    kite_rate_historical_per_s: PositiveFloat = Field(
+        3.0, description="Kite limit for historical candles, per api_key."
+    )
+    kite_rate_quote_per_s: PositiveFloat = Field(
+        1.0, description="Kite limit for /quote, /quote/ltp and /quote/ohlc, per api_key."
+    )
+    kite_rate_orders_per_s: PositiveFloat = Field(
+        10.0, description="Kite limit for order placement/modification, per api_key."
+    )
+    kite_rate_orders_per_min: PositiveInt = Field(400, description="Kite order cap per minute.")
+    kite_rate_orders_per_day: PositiveInt = Field(5000, description="Kite order cap per day.")
+    kite_rate_headroom: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="Share of each Kite limit our client uses, so arrival jitter never trips "
+        "the broker's window.",
+    )
+    kite_tokens_per_connection: PositiveInt = Field(
+        3000, description="Instruments per ticker connection (Kite's cap)."
+    )
+    kite_connections_per_account: PositiveInt = Field(
+        3, description="Ticker connections per api_key (Kite's cap)."
+    )
+    breaker_failure_threshold: PositiveInt = Field(
+        5, description="Consecutive retryable failures that open an account's circuit."
+    )
+    breaker_reset_s: PositiveFloat = Field(
+        30.0, description="Seconds an open circuit waits before letting one probe through."
+    )
+
+    # --- timeouts and locks -----------------------------------------------------------------
+    redis_socket_timeout_s: PositiveFloat = Field(
+        5.0, description="Socket and connect timeout of every Redis call."
+    )
+    database_connect_timeout_s: PositiveInt = Field(
+        5, description="Connect timeout of the database."
+    )
+    database_statement_timeout_ms: PositiveInt = Field(
+        30_000, description="PostgreSQL statement_timeout of every session."
+    )
+    lock_timeout_s: PositiveFloat = Field(
+        60.0, description="TTL of distributed locks (periodic-task guards)."
+    )
+    rate_limit_max_wait_s: PositiveFloat = Field(
+        10.0, description="Longest wait for a rate-limit slot inside one call."
+    )
+
+    # --- Celery -----------------------------------------------------------------------------
+    task_time_limit_s: PositiveInt = Field(
+        120, description="Hard time limit of a task; long jobs fan out into short tasks."
+    )
+    task_soft_time_limit_s: PositiveInt = Field(
+        100, description="Soft time limit: SoftTimeLimitExceeded lets a task clean up."
+    )
+    retry_backoff_max_s: PositiveInt = Field(
+        60, description="Longest retry countdown (must stay below the visibility timeout)."
+    )
+    visibility_timeout_s: PositiveInt = Field(
+        300,
+        description="Redis broker: an unacknowledged task is redelivered after this many "
+        "seconds (above every time limit and countdown).",
+    )
+    unacked_restore_interval_s: PositiveInt = Field(
+        2, description="Redis broker: seconds between sweeps that restore overdue tasks."
+    )
+    broker_connection_timeout_s: PositiveFloat = Field(
+        5.0, description="Timeout of a broker connect."
+    )
+    result_expires_s: PositiveInt = Field(
+        86_400, description="Lifetime of the results of tasks that keep one."
+    )
+    worker_max_tasks_per_child: PositiveInt = Field(
+        10_000, description="Recycle a pool child after this many tasks."
+    )
+    worker_max_memory_per_child_kib: PositiveInt = Field(
+        1_048_576, description="Recycle a pool child above this resident size (KiB)."
+    )
+    pool_ticks_concurrency: PositiveInt = Field(2, description="Pool size of the ticks worker.")
+    pool_ticks_prefetch: PositiveInt = Field(
+        8, description="Prefetch multiplier of the ticks worker (many small tasks)."
+    )
+    pool_greeks_concurrency: PositiveInt = Field(1, description="Pool size of the greeks worker.")
+    pool_orders_concurrency: PositiveInt = Field(1, description="Pool size of the orders worker.")
+    pool_backfill_concurrency: PositiveInt = Field(
+        2, description="Pool size of the backfill worker."
+    )
+    pool_maintenance_concurrency: PositiveInt = Field(
+        1, description="Pool size of the maintenance worker."
+    )
+
+    @model_validator(mode="after")
+    def _check_time_budget(self) -> Settings:
+        if self.task_soft_time_limit_s >= self.task_time_limit_s:
+            raise ValueError(
+                "task_soft_time_limit_s must be below task_time_limit_s "
+                f"({self.task_soft_time_limit_s} >= {self.task_time_limit_s})"
+            )
+        longest = max(self.task_time_limit_s, self.retry_backoff_max_s)
+        if self.visibility_timeout_s <= longest:
+            raise ValueError(
+                f"visibility_timeout_s ({self.visibility_timeout_s}) must exceed the longest "
+                f"time limit or retry countdown ({longest})"
+            )
+        return self
+
+    @property
+    def effective_broker_url(self) -> str:
+        """The Celery broker URL: ``broker_url`` or, when unset, ``redis_url``."""
+        return self.broker_url or self.redis_url
+
+    @property
+    def broker_is_redis(self) -> bool:
+        """Whether the Celery broker is Redis (transport options apply) or AMQP."""
+        return not self.effective_broker_url.startswith(("amqp", "pyamqp"))
+
+
+def _variable(loc: tuple[int | str, ...]) -> str:
+    name = str(loc[0]) if loc else "settings"
+    return ENV_PREFIX + name.upper()
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """Render the first validation problem as one line naming the environment variable."""
+    first: dict[str, Any] = dict(exc.errors()[0])
+    loc = tuple(first.get("loc", ()))
+    message = str(first.get("msg", "invalid value"))
+    if not loc:
+        # A cross-field rule: the message itself names the fields.
+        return f"invalid settings: {message.removeprefix('Value error, ')}"
+    variable = _variable(loc)
+    secret = "secret" in variable.lower()
+    shown = "" if secret or "input" not in first else f" (got {first['input']!r})"
+    return f"{variable}: {message}{shown}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate the settings; raise :class:`ConfigError` with one clear line."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+
+
+def settings_table() -> list[tuple[str, str, str]]:
+    """(variable, default, description) for every setting: the README's configuration table."""
+    rows: list[tuple[str, str, str]] = []
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        shown = "" if default is None else str(default)
+        if isinstance(default, SecretStr):
+            shown = "(secret)"
+        rows.append((ENV_PREFIX + name.upper(), shown, field.description or ""))
+    return rows
+
+
+def settings_or_exit(**overrides: Any) -> Settings:
+    """:func:`load_settings` for process entry points: a bad value exits with one line."""
+    try:
+        return load_settings(**overrides)
+    except ConfigError as exc:
+        print(f"ticker_tasks: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,1 @@
+"""Thin Celery tasks: decode arguments, call the domain, apply the retry policy."""

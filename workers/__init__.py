@@ -1,0 +1,1 @@
+"""Long-running processes: the stack supervisor and (later) the streamer."""
