@@ -17,7 +17,7 @@ from ticker_tasks.db.engine import build_engine, build_sessionmaker
 from ticker_tasks.settings import Settings
 
 
-def build_redis(settings: Settings, *, url: str | None = None) -> redis.Redis[bytes]:
+def build_redis(settings: Settings, *, url: str | None = None) -> redis.Redis:
     """A Redis client with the configured timeouts (connects lazily, on first command)."""
     return redis.Redis.from_url(
         url or settings.redis_url,
@@ -34,7 +34,7 @@ class Runtime:
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
-    redis: redis.Redis[bytes]
+    redis: redis.Redis
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
