@@ -17,6 +17,7 @@ branch (retrying cannot help), so a task names one base class in ``autoretry_for
         ├── ValidationError          bad input from a caller (counted, reported, not retried)
         ├── NotFound                 unknown instrument, account, order, ...
         ├── AuthError                Kite token invalid or expired
+        ├── CredentialError          stored credential ciphertext unreadable with our keys
         └── BrokerRejected           Kite refused the request (InputException, OrderException, ...)
 """
 
@@ -77,6 +78,10 @@ class NotFound(PermanentError):
 
 class AuthError(PermanentError):
     """Kite rejected the credentials (expired or invalid access token)."""
+
+
+class CredentialError(PermanentError):
+    """A stored credential could not be decrypted: tampered, or encrypted under an unknown key."""
 
 
 class BrokerRejected(PermanentError):

@@ -108,6 +108,15 @@ class Settings(BaseSettings):
         30.0, description="Seconds an open circuit waits before letting one probe through."
     )
 
+    # --- market data ------------------------------------------------------------------------
+    instrument_count_tolerance: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="Largest share by which a segment of a new instruments dump may shrink "
+        "against the current master before the refresh is refused (growth always passes).",
+    )
+
     # --- timeouts and locks -----------------------------------------------------------------
     redis_socket_timeout_s: PositiveFloat = Field(
         5.0, description="Socket and connect timeout of every Redis call."

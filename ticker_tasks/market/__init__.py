@@ -1,0 +1,1 @@
+"""Market knowledge without I/O: NSE trading calendar, instrument dumps, option chains."""
