@@ -1,0 +1,1 @@
+"""Zerodha Kite Connect protocol helpers (binary ticker codec, REST client glue)."""
