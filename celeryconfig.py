@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery.schedules import crontab
 from kombu.entity import Queue
 
 from ticker_tasks.queues import MAINTENANCE, QUEUES, ROUTES
@@ -77,4 +78,15 @@ timezone = "Asia/Kolkata"
 enable_utc = True
 
 # --- beat --------------------------------------------------------------------------------------
-beat_schedule: dict[str, dict[str, Any]] = {}
+# Every periodic task is idempotent and guarded by a Redis lock plus a per-slot marker
+# (ticker_tasks.locks.periodic_run), so an overlapping or doubled run is skipped.
+beat_schedule: dict[str, dict[str, Any]] = {
+    "instruments-refresh": {
+        "task": "ticker_tasks.instruments.refresh",
+        "schedule": crontab.from_string(_settings.schedule_instruments_refresh),
+    },
+    "check-account-tokens": {
+        "task": "ticker_tasks.maintenance.check_tokens",
+        "schedule": crontab.from_string(_settings.schedule_token_check),
+    },
+}

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from sqlalchemy import Engine, text
 
 from tests.support.services import Service, postgres_for_tests, redis_for_tests
 from ticker_tasks.settings import Settings, load_settings
@@ -53,3 +54,31 @@ def redis_client(redis_service: Service) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_service.url, socket_timeout=5)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def migrated_postgres_url(postgres_url: str) -> str:
+    """This run's PostgreSQL database, migrated to head."""
+    from alembic.config import Config
+
+    from alembic import command
+
+    config = Config(str(Path(__file__).resolve().parents[1] / "alembic.ini"))
+    config.attributes["skip_logging"] = True
+    config.attributes["url"] = postgres_url
+    command.upgrade(config, "head")
+    return postgres_url
+
+
+@pytest.fixture
+def db_engine(migrated_postgres_url: str) -> Iterator[Engine]:
+    """An engine on the migrated database; every table is emptied after the test."""
+    from ticker_tasks.db.base import Base
+    from ticker_tasks.db.engine import build_engine
+
+    engine = build_engine(load_settings(), url=migrated_postgres_url)
+    yield engine
+    tables = ", ".join(f'"{table.name}"' for table in Base.metadata.sorted_tables)
+    with engine.begin() as connection:
+        connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    engine.dispose()

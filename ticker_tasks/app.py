@@ -18,6 +18,10 @@ from ticker_tasks.settings import settings_or_exit
 
 TASK_MODULES = [
     "ticker_tasks.tasks.maintenance",
+    "ticker_tasks.tasks.instruments",
+    "ticker_tasks.tasks.backfill",
+    "ticker_tasks.tasks.ticks",
+    "ticker_tasks.tasks.orders",
 ]
 
 

@@ -91,8 +91,34 @@ def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     return run_stack(settings, flower_port=args.flower_port)
 
 
+def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    """Send captured frames through the ticks queue again, byte for byte."""
+    from workers.replay import replay_command
+
+    return replay_command(args.file, args.speed, settings)
+
+
+def _cmd_simulator(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the Kite simulator (its own flags; see ``ticker-tasks simulator --help``)."""
+    from ticker_tasks.simulator.cli import main as simulator_main
+
+    return simulator_main(list(args.simulator_args))
+
+
 def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     """Run a benchmark and print its figures."""
+    if args.bench == "backfill":
+        from ticker_tasks.backfill.bench import format_bench, run_backfill_bench
+
+        figures = run_backfill_bench(
+            instruments=args.instruments, days=args.days, concurrency=args.concurrency
+        )
+        if args.json:
+            print(json.dumps(figures))
+        else:
+            for line in format_bench(figures):
+                print(line)
+        return 0
     if args.bench == "codec":
         from ticker_tasks.kite.codec_bench import run_codec_bench
 
@@ -140,17 +166,44 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--flower-port", type=int, default=5555)
     up.set_defaults(handler=_cmd_up)
 
+    from ticker_tasks.backfill import cli as backfill_cli
+    from ticker_tasks.commands import accounts, instruments
+
+    accounts.register(sub)
+    instruments.register(sub)
+    backfill_cli.register(sub)
+
+    simulator = sub.add_parser(
+        "simulator", help="run the Kite simulator (REST + WebSocket)", add_help=False
+    )
+    simulator.add_argument("simulator_args", nargs=argparse.REMAINDER)
+    simulator.set_defaults(handler=_cmd_simulator)
+
+    replay = sub.add_parser("replay", help="send a capture file through the ticks queue")
+    replay.add_argument("file")
+    replay.add_argument("--speed", type=float, default=None, help="x real time; 0: at once")
+    replay.set_defaults(handler=_cmd_replay)
+
     bench = sub.add_parser("bench", help="run a benchmark")
-    bench.add_argument("bench", choices=["codec"])
+    bench.add_argument("bench", choices=["codec", "backfill"])
     bench.add_argument("--json", action="store_true", help="print one JSON object")
-    bench.add_argument("--seconds", type=float, default=3.0)
+    bench.add_argument("--seconds", type=float, default=3.0, help="codec: measuring time")
+    bench.add_argument("--instruments", type=int, default=20, help="backfill: instruments")
+    bench.add_argument("--days", type=int, default=70, help="backfill: days of minute candles")
+    bench.add_argument("--concurrency", type=int, default=4, help="backfill: worker processes")
     bench.set_defaults(handler=_cmd_bench)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ticker-tasks`` console script."""
-    args = build_parser().parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    if raw[:1] == ["simulator"]:
+        # The simulator stands in for Kite: it needs no settings and parses its own flags.
+        from ticker_tasks.simulator.cli import main as simulator_main
+
+        return simulator_main(raw[1:])
+    args = build_parser().parse_args(raw)
     try:
         settings = load_settings()
         handler: Handler = args.handler

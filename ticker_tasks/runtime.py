@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from ticker_tasks.db.engine import build_engine, build_sessionmaker
+from ticker_tasks.kite.rest import KiteClients
 from ticker_tasks.settings import Settings
 
 
@@ -29,25 +30,29 @@ def build_redis(settings: Settings, *, url: str | None = None) -> redis.Redis:
 
 @dataclass(frozen=True)
 class Runtime:
-    """What a process needs to do its work: settings, database and Redis."""
+    """What a process needs to do its work: settings, database, Redis and Kite clients."""
 
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
     redis: redis.Redis
+    kite_clients: KiteClients
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
         """Build every resource of one process from ``settings``."""
         engine = build_engine(settings)
+        redis_client = build_redis(settings)
         return cls(
             settings=settings,
             engine=engine,
             sessions=build_sessionmaker(engine),
-            redis=build_redis(settings),
+            redis=redis_client,
+            kite_clients=KiteClients(settings, redis_client),
         )
 
     def close(self) -> None:
         """Release connections; the process may build a new runtime afterwards."""
+        self.kite_clients.close()
         self.redis.close()
         self.engine.dispose()

@@ -10,12 +10,15 @@ from __future__ import annotations
 import sys
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ticker_tasks.errors import ConfigError
 
 ENV_PREFIX = "TICKER_"
+
+#: Five whitespace-separated cron fields.
+CRON_PATTERN = r"^\S+\s+\S+\s+\S+\s+\S+\s+\S+$"
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -117,6 +120,63 @@ class Settings(BaseSettings):
         "against the current master before the refresh is refused (growth always passes).",
     )
 
+    freeze_quantities: dict[str, int] = Field(
+        {"NIFTY": 1800, "BANKNIFTY": 900, "FINNIFTY": 1800, "MIDCPNIFTY": 2800},
+        description="Exchange freeze quantity per underlying (JSON object); Kite's dump lacks it.",
+    )
+    registry_check_interval_s: PositiveFloat = Field(
+        5.0, description="How often a process checks for a new instrument registry version."
+    )
+    backfill_range_cap_days: dict[str, PositiveInt] = Field(
+        {},
+        description="Overrides of Kite's longest historical request per interval in days "
+        '(JSON object, e.g. {"minute": 30}); defaults: minute 60, 3/5/10minute 100, '
+        "15/30minute 200, 60minute 400, day 2000.",
+    )
+    backfill_max_retries: PositiveInt = Field(
+        8,
+        description="Transient failures (broker or service unavailable) after which a backfill "
+        "request is given up and its range reported as failed; rate-limit waits do not count.",
+    )
+
+    # --- beat schedule (cron: minute hour day-of-month month day-of-week, Asia/Kolkata) ------
+    schedule_instruments_refresh: str = Field(
+        "15 8 * * *",
+        description="When beat refreshes the instrument master (Kite publishes it ~08:00 IST).",
+        pattern=CRON_PATTERN,
+    )
+    schedule_token_check: str = Field(
+        "30 8 * * *",
+        description="When beat validates every account's token (before the 09:00 pre-open).",
+        pattern=CRON_PATTERN,
+    )
+
+    # --- account leases and subscription planning --------------------------------------------
+    lease_ttl_s: PositiveFloat = Field(
+        10.0,
+        description="TTL of a streamer's account lease (renewed every third of it); a dead "
+        "streamer's accounts are taken over within this plus lease_poll_interval_s.",
+    )
+    lease_safety_margin_s: PositiveFloat = Field(
+        2.0,
+        description="A lease holder whose renewals fail closes the account's sockets this long "
+        "before its lease could expire in Redis (below two thirds of lease_ttl_s).",
+    )
+    lease_poll_interval_s: PositiveFloat = Field(
+        2.0, description="How often a streamer looks for accounts whose lease nobody holds."
+    )
+    subscription_canary_tokens: list[int] = Field(
+        [256265],
+        description="Index tokens subscribed on every ticker connection (one slot each, mode "
+        "ltp) so a silent socket shows; default NIFTY 50.",
+    )
+    subscription_atm_hysteresis_strikes: float = Field(
+        0.5,
+        ge=0,
+        description="A chain subscription re-centres once the underlying is this many strikes "
+        "beyond the midpoint between its ATM strike and the next.",
+    )
+
     # --- timeouts and locks -----------------------------------------------------------------
     redis_socket_timeout_s: PositiveFloat = Field(
         5.0, description="Socket and connect timeout of every Redis call."
@@ -176,6 +236,60 @@ class Settings(BaseSettings):
     pool_maintenance_concurrency: PositiveInt = Field(
         1, description="Pool size of the maintenance worker."
     )
+
+    # --- tick feed: streamer batching, broker outages, capture --------------------------------
+    streamer_batch_max_frames: PositiveInt = Field(
+        200, description="Frames per tick batch at most: a full batch is sent at once."
+    )
+    streamer_batch_max_delay_s: PositiveFloat = Field(
+        0.05, description="Age of a batch's first frame at which the batch is sent anyway."
+    )
+    streamer_publish_timeout_s: PositiveFloat = Field(
+        1.0,
+        description="Socket and connect timeout of one batch publish (the streamer publishes "
+        "synchronously on its event loop: keep it short).",
+    )
+    streamer_reconnect_max_s: PositiveFloat = Field(
+        10.0, description="Longest wait between broker reconnect probes (backoff from 0.1 s)."
+    )
+    streamer_buffer_max_bytes: PositiveInt = Field(
+        67_108_864,
+        description="Memory for tick batches the broker has not taken yet; beyond it the oldest "
+        "go to the on-disk journal.",
+    )
+    streamer_journal_dir: str = Field(
+        "./var/journal",
+        description="Directory of the on-disk journal of undelivered batches (one per streamer "
+        "process); replayed in order when the broker is back, also after a restart.",
+    )
+    streamer_journal_max_bytes: PositiveInt = Field(
+        1_073_741_824,
+        description="Disk for the journal; beyond it the newest batches are dropped and counted.",
+    )
+    streamer_capture_dir: str | None = Field(
+        None,
+        description="Directory for raw-frame capture files (one per connection per day); unset: "
+        "no capture.",
+    )
+    ticks_dedup_window: PositiveInt = Field(
+        100_000,
+        description="Batch sequence numbers remembered per connection to count a redelivered "
+        "batch once.",
+    )
+    order_updates_maxlen: PositiveInt = Field(
+        100_000, description="Approximate length cap of the Redis stream of raw order updates."
+    )
+
+    @field_validator("schedule_instruments_refresh", "schedule_token_check")
+    @classmethod
+    def _check_cron(cls, value: str) -> str:
+        from celery.schedules import ParseException, crontab
+
+        try:
+            crontab.from_string(value)
+        except (ParseException, ValueError) as exc:
+            raise ValueError(f"not a valid cron expression: {exc}") from None
+        return value
 
     @model_validator(mode="after")
     def _check_time_budget(self) -> Settings:

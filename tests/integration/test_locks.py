@@ -53,11 +53,12 @@ def test_an_overlapping_run_is_skipped(redis_client):
 
 
 def test_a_failed_run_frees_its_slot(redis_client):
-    with (
-        pytest.raises(RuntimeError),
-        periodic_run(redis_client, "flaky", period_s=60, lock_ttl_s=30, now=60.0) as run,
-    ):
-        assert run.allowed
-        raise RuntimeError("boom")
+    def failing_run():
+        with periodic_run(redis_client, "flaky", period_s=60, lock_ttl_s=30, now=60.0) as run:
+            assert run.allowed
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        failing_run()
     with periodic_run(redis_client, "flaky", period_s=60, lock_ttl_s=30, now=61.0) as again:
         assert again.allowed

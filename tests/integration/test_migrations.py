@@ -12,6 +12,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect
 
 from alembic import command
+from tests.support.services import postgres_for_tests
 from ticker_tasks.db import models  # noqa: F401
 from ticker_tasks.db.base import Base
 from ticker_tasks.db.engine import build_engine
@@ -37,14 +38,16 @@ def _config(engine: Engine) -> Config:
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
-def engine(request, postgres_url, settings, tmp_path):
-    url = postgres_url if request.param == "postgresql" else f"sqlite:///{tmp_path / 'm.db'}"
+def engine(request, settings, tmp_path):
+    # A database of its own: these tests downgrade to base, which must not touch the
+    # session's shared migrated database.
+    service = postgres_for_tests() if request.param == "postgresql" else None
+    url = service.url if service else f"sqlite:///{tmp_path / 'm.db'}"
     engine = build_engine(settings, url=url)
     yield engine
-    with engine.begin() as connection:
-        if inspect(connection).has_table("alembic_version"):
-            command.downgrade(_with_connection(engine, connection), "base")
     engine.dispose()
+    if service:
+        service.close()
 
 
 def _with_connection(engine: Engine, connection) -> Config:

@@ -1,0 +1,1 @@
+"""Sub-commands of ``ticker-tasks``, one module per area; each exposes ``register``."""
