@@ -47,3 +47,17 @@ def test_public_tasks_are_registered_with_the_same_name_and_queue():
         assert router.route({}, contract.name)["queue"].name == contract.queue
         schema = json.loads((JSON_DIR / f"{contract.name}.json").read_text())
         assert schema["x-queue"] == contract.queue
+
+
+def _code_keys() -> set[str]:
+    found: set[str] = set()
+    for folder in ("ticker_tasks", "workers", "schemas"):
+        for path in (ROOT / folder).rglob("*.py"):
+            found |= set(re.findall(r'"(ticker_tasks:[a-z_:{}-]+)"', path.read_text()))
+    return found
+
+
+def test_every_redis_key_in_the_code_is_documented():
+    documented = " ".join(row[0] for row in _table("redis-keys"))
+    missing = [key for key in sorted(_code_keys()) if key not in documented]
+    assert not missing, f"Redis keys missing from the README: {missing}"

@@ -8,7 +8,7 @@ Public API::
     ...  # KiteConnect(api_key, access_token=..., root=sim.rest_url)
     await sim.stop()
 
-See ``ticker_tasks/simulator/README.md`` for the CLI, the model and the ``/_sim/`` API.
+See the project README (section *Kite simulator*) for the CLI, the model and the ``/_sim/`` API.
 """
 
 from __future__ import annotations

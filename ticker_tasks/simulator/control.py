@@ -1,7 +1,7 @@
 """The ``/_sim/`` control API: statistics, order book, faults, accounts, instruments, model.
 
 Not rate limited, not authenticated, not counted in the request statistics. Documented in
-``ticker_tasks/simulator/README.md``.
+the project README (section *Kite simulator*).
 """
 
 from __future__ import annotations
