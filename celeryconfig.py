@@ -89,4 +89,8 @@ beat_schedule: dict[str, dict[str, Any]] = {
         "task": "ticker_tasks.maintenance.check_tokens",
         "schedule": crontab.from_string(_settings.schedule_token_check),
     },
+    "subscriptions-recentre": {
+        "task": "ticker_tasks.subscriptions.recentre",
+        "schedule": crontab.from_string(_settings.schedule_subscriptions_recentre),
+    },
 }

@@ -22,6 +22,7 @@ TASK_MODULES = [
     "ticker_tasks.tasks.backfill",
     "ticker_tasks.tasks.ticks",
     "ticker_tasks.tasks.orders",
+    "ticker_tasks.tasks.subscriptions",
 ]
 
 

@@ -91,6 +91,13 @@ def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     return run_stack(settings, flower_port=args.flower_port)
 
 
+def _cmd_streamer(args: argparse.Namespace, settings: Settings) -> int:
+    """Run a streamer: hold the ticker WebSockets of leased accounts until SIGTERM."""
+    from workers.streamer.cli import streamer_command
+
+    return streamer_command(settings)
+
+
 def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     """Send captured frames through the ticks queue again, byte for byte."""
     from workers.replay import replay_command
@@ -167,10 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(handler=_cmd_up)
 
     from ticker_tasks.backfill import cli as backfill_cli
-    from ticker_tasks.commands import accounts, instruments
+    from ticker_tasks.commands import accounts, instruments, subscriptions
 
     accounts.register(sub)
     instruments.register(sub)
+    subscriptions.register(sub)
     backfill_cli.register(sub)
 
     simulator = sub.add_parser(
@@ -178,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     simulator.add_argument("simulator_args", nargs=argparse.REMAINDER)
     simulator.set_defaults(handler=_cmd_simulator)
+
+    streamer = sub.add_parser("streamer", help="run a streamer (Kite ticker WebSockets)")
+    streamer.set_defaults(handler=_cmd_streamer)
 
     replay = sub.add_parser("replay", help="send a capture file through the ticks queue")
     replay.add_argument("file")

@@ -28,6 +28,7 @@ ROUTES: dict[str, str] = {
     "ticker_tasks.backfill.*": BACKFILL,
     "ticker_tasks.instruments.*": MAINTENANCE,
     "ticker_tasks.maintenance.*": MAINTENANCE,
+    "ticker_tasks.subscriptions.*": MAINTENANCE,
 }
 
 

@@ -150,6 +150,12 @@ class Settings(BaseSettings):
         description="When beat validates every account's token (before the 09:00 pre-open).",
         pattern=CRON_PATTERN,
     )
+    schedule_subscriptions_recentre: str = Field(
+        "* 9-15 * * 1-5",
+        description="When beat re-centres option-chain subscriptions on the underlyings' "
+        "prices and rolls expired chains (default: every minute of the session hours).",
+        pattern=CRON_PATTERN,
+    )
 
     # --- account leases and subscription planning --------------------------------------------
     lease_ttl_s: PositiveFloat = Field(
@@ -266,6 +272,33 @@ class Settings(BaseSettings):
         1_073_741_824,
         description="Disk for the journal; beyond it the newest batches are dropped and counted.",
     )
+    streamer_silence_timeout_s: PositiveFloat = Field(
+        10.0,
+        description="A ticker socket that delivers nothing (no frame, no heartbeat) this long "
+        "is closed and replaced.",
+    )
+    streamer_shutdown_timeout_s: PositiveFloat = Field(
+        20.0,
+        description="SIGTERM/SIGINT: unsubscribe, read until quiet, flush, drain the delivery and "
+        "release the leases within this many seconds.",
+    )
+    streamer_metrics_port: int = Field(
+        9108,
+        ge=0,
+        le=65535,
+        description="Port of the streamer's /metrics (Prometheus) and /health; 0 = off.",
+    )
+    streamer_reconcile_interval_s: float = Field(
+        60.0,
+        ge=0,
+        description="How often the streamer re-plans without a notification (catches a lost "
+        "one); 0 = only on notifications and lease changes.",
+    )
+    streamer_token_poll_interval_s: PositiveFloat = Field(
+        5.0,
+        description="While an account's token is rejected (403), how often the streamer reads "
+        "the stored token to resume on a new one.",
+    )
     streamer_capture_dir: str | None = Field(
         None,
         description="Directory for raw-frame capture files (one per connection per day); unset: "
@@ -280,7 +313,9 @@ class Settings(BaseSettings):
         100_000, description="Approximate length cap of the Redis stream of raw order updates."
     )
 
-    @field_validator("schedule_instruments_refresh", "schedule_token_check")
+    @field_validator(
+        "schedule_instruments_refresh", "schedule_token_check", "schedule_subscriptions_recentre"
+    )
     @classmethod
     def _check_cron(cls, value: str) -> str:
         from celery.schedules import ParseException, crontab

