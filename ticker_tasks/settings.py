@@ -299,6 +299,13 @@ class Settings(BaseSettings):
         description="While an account's token is rejected (403), how often the streamer reads "
         "the stored token to resume on a new one.",
     )
+    streamer_canary_lag_s: float = Field(
+        15.0,
+        ge=0,
+        description="A ticker socket whose last canary tick is older than the freshest one of "
+        "its account's other sockets by more than this many seconds is closed and replaced "
+        "(0 = off).",
+    )
     streamer_capture_dir: str | None = Field(
         None,
         description="Directory for raw-frame capture files (one per connection per day); unset: "
@@ -311,6 +318,36 @@ class Settings(BaseSettings):
     )
     order_updates_maxlen: PositiveInt = Field(
         100_000, description="Approximate length cap of the Redis stream of raw order updates."
+    )
+    ticks_price_tolerance: float = Field(
+        0.001,
+        ge=0,
+        description="Fraction by which a tick's last price may lie outside its day's "
+        "[low, high] before the tick is rejected.",
+    )
+    ticks_clock_skew_s: float = Field(
+        5.0,
+        ge=0,
+        description="A tick whose exchange timestamp is later than now plus this many seconds "
+        "is rejected (future).",
+    )
+    ticks_max_age_s: PositiveFloat = Field(
+        900.0,
+        description="A tick whose exchange timestamp is older than this many seconds is "
+        "rejected (stale); replay and mock batches measure it from the frame's receive time.",
+    )
+    ticks_dead_letter_sample: int = Field(
+        10,
+        ge=0,
+        description="Rejected ticks of one batch written to the dead-letter stream (the rest "
+        "are only counted).",
+    )
+    ticks_dead_letter_maxlen: PositiveInt = Field(
+        10_000, description="Approximate length cap of the dead-letter stream of rejected ticks."
+    )
+    ticks_stream_maxlen: PositiveInt = Field(
+        100_000,
+        description="Approximate length cap (in batch messages) of the published tick stream.",
     )
 
     @field_validator(

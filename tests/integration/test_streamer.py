@@ -45,6 +45,7 @@ from ticker_tasks.settings import load_settings
 from ticker_tasks.subscriptions import store
 from ticker_tasks.tasks.orders import UPDATES_STREAM
 from ticker_tasks.tasks.ticks import PACKETS_KEY
+from workers.streamer.capture import CaptureReader
 
 pytestmark = pytest.mark.integration
 
@@ -237,6 +238,16 @@ def streaming(stack: Stack, api_key: str, sizes: list[int]) -> Callable[[], bool
     return lambda: sorted(c["subscriptions"] for c in stack.connections(api_key).values()) == sizes
 
 
+def apply_count(base: str) -> float:
+    """The count of the subscription-apply histogram on the streamer's /metrics."""
+    with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
+        metrics = response.read().decode()
+    for line in metrics.splitlines():
+        if line.startswith("ticker_tasks_streamer_subscription_apply_seconds_count"):
+            return float(line.split()[-1])
+    raise AssertionError("no subscription_apply_seconds histogram on /metrics")
+
+
 def replaced(stack: Stack, api_key: str, old: str) -> str | None:
     """The id of the one open socket of ``api_key`` when it is not ``old`` and subscribed."""
     open_now = stack.connections(api_key)
@@ -280,10 +291,12 @@ def test_a_subscription_change_arrives_without_reconcile(stack, streamer):
         TICKER_STREAMER_RECONCILE_INTERVAL_S="0", TICKER_STREAMER_METRICS_PORT=str(port)
     )
     wait_for(streaming(stack, api_key, [51]))
+    base = f"http://127.0.0.1:{port}"
+    applied = apply_count(base)
     stack.subscribe(stack.tokens[:60])
     wait_for(streaming(stack, api_key, [61]), timeout_s=10, what="the change within 10 s")
+    wait_for(lambda: apply_count(base) > applied, timeout_s=5, what="apply latency observed")
 
-    base = f"http://127.0.0.1:{port}"
     with urllib.request.urlopen(base + "/health", timeout=10) as response:
         health = json.loads(response.read())
     (connection,) = health["accounts"][account_id]["connections"].values()
@@ -299,6 +312,31 @@ def test_a_subscription_change_arrives_without_reconcile(stack, streamer):
     ):
         assert name in metrics, name
     assert proc.stop() == 0, proc.output()
+
+
+def test_capture_holds_every_frame_received(stack, streamer):
+    # Given a streamer capturing raw frames
+    account_id, api_key, _ = stack.new_account()
+    stack.subscribe(stack.tokens[:100])
+    capture_dir = stack.tmp / f"capture-{account_id}"
+    proc = streamer(TICKER_STREAMER_CAPTURE_DIR=str(capture_dir))
+    wait_for(streaming(stack, api_key, [101]))
+    wait_for(lambda: stack.packets(account_id) > 0, what="packets counted")
+    time.sleep(3)
+    # When it stops
+    assert proc.stop() == 0, proc.output()
+    # I expect the capture of its one connection to hold every packet the simulator sent it
+    files = sorted(capture_dir.glob(f"*/{account_id}_*.frames"))
+    assert [f.name for f in files] == [f"{account_id}_0.frames"]
+    reader = CaptureReader(files[0])
+    assert (reader.account_id, reader.connection) == (account_id, f"{account_id}:0")
+    frames = list(reader)
+    assert not reader.truncated and frames
+    assert all(len(f.frame) > 1 for f in frames)
+    captured = sum(int.from_bytes(f.frame[:2], "big") for f in frames)
+    sent = sum(c["packets_sent"] for c in stack.connections(api_key, open_only=False).values())
+    assert sent > 0
+    assert captured == sent
 
 
 def test_dropped_and_silent_sockets_are_replaced(stack, streamer):

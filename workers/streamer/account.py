@@ -7,6 +7,9 @@ the connections a new plan adds, sends each kept connection its
 :class:`~ticker_tasks.subscriptions.plan.ConnectionDiff`, and closes the connections the plan
 dropped. It also polls the stored access token every ``token_poll_s`` while the token is
 rejected, so the account resumes by itself once a new token is stored.
+:meth:`AccountStreamer.tick` (about every second, from the service's lease loop) flushes the
+connections' raw-frame captures and replaces a connection whose canary lags its freshest
+sibling's by over ``streamer_canary_lag_s``.
 
 :meth:`AccountStreamer.close` drops every socket at once (lease lost, or its ``safe_until``
 passed); :meth:`AccountStreamer.drain` is the graceful stop (unsubscribe, wait for quiet,
@@ -18,19 +21,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ticker_tasks.errors import AuthError
 from ticker_tasks.leases import Lease
 from ticker_tasks.subscriptions.plan import ConnectionDiff
 from workers.streamer.batcher import Batcher, FlushCallback
+from workers.streamer.capture import CaptureWriter
 from workers.streamer.connection import (
     AccountAuth,
     Credentials,
     OrderSink,
     OutageLog,
     TickerConnection,
+    lagging_canaries,
 )
 
 log = logging.getLogger(__name__)
@@ -56,6 +62,12 @@ class ConnectionOptions:
     batch_max_frames: int
     batch_max_delay_s: float
     token_poll_s: float
+    #: Raw-frame capture directory (None: no capture).
+    capture_dir: str | None = None
+    #: Canary tokens every connection carries (tracked for the canary-lag watchdog).
+    canaries: tuple[int, ...] = field(default_factory=tuple)
+    #: Replace a connection whose canary lags its freshest sibling's this long (0 = off).
+    canary_lag_s: float = 0.0
 
 
 class AccountStreamer:
@@ -120,17 +132,49 @@ class AccountStreamer:
 
     # ------------------------------------------------------------------ plan
 
-    async def apply(self, plan: Mapping[int, Mapping[int, str]]) -> None:
-        """Make the connections carry ``plan`` (``{index: {token: mode}}``)."""
+    async def apply(self, plan: Mapping[int, Mapping[int, str]]) -> bool:
+        """Make the connections carry ``plan`` (``{index: {token: mode}}``).
+
+        Returns:
+            True when a change was sent on a subscribed socket.
+        """
         if self._closed:
-            return
+            return False
         for index in sorted(set(self.connections) - set(plan)):
             await self._close_connection(index)
+        sent = False
         for index in sorted(plan):
             connection = self.connections.get(index)
             if connection is None:
                 connection = self._open_connection(index)
-            await connection.apply(token_diff(connection.tokens, plan[index]))
+            sent = await connection.apply(token_diff(connection.tokens, plan[index])) or sent
+        return sent
+
+    # ------------------------------------------------------------------ periodic
+
+    def tick(self, now: float | None = None) -> list[str]:
+        """Periodic duties (about every second): flush the captures, replace lagging canaries.
+
+        Returns:
+            The ids of the connections replaced for a lagging canary.
+        """
+        for connection in self.connections.values():
+            if connection.capture is not None:
+                connection.capture.flush()
+        if self._closed or self._options.canary_lag_s <= 0:
+            return []
+        live = [c for c in self.connections.values() if c.live]
+        now = time.time() if now is None else now
+        lagging = lagging_canaries(
+            {c.connection_id: c.stats.last_canary_at for c in live},
+            now,
+            self._options.canary_lag_s,
+            {c.connection_id: c.stats.subscribed_at for c in live},
+        )
+        by_id = {c.connection_id: c for c in self.connections.values()}
+        for connection_id in lagging:
+            by_id[connection_id].replace("canary_lag")
+        return lagging
 
     def _open_connection(self, index: int) -> TickerConnection:
         options = self._options
@@ -153,6 +197,12 @@ class AccountStreamer:
             connect_timeout_s=options.connect_timeout_s,
             silence_timeout_s=options.silence_timeout_s,
             reconnect_max_s=options.reconnect_max_s,
+            capture=(
+                CaptureWriter(options.capture_dir, self.account_id, connection_id)
+                if options.capture_dir
+                else None
+            ),
+            canaries=options.canaries,
         )
         self.connections[index] = connection
         self._tasks[index] = asyncio.get_running_loop().create_task(
@@ -166,6 +216,8 @@ class AccountStreamer:
         await connection.stop()
         await _finish(task, 5.0)
         connection.batcher.close()
+        if connection.capture is not None:
+            connection.capture.close()
 
     # ------------------------------------------------------------------ stopping
 

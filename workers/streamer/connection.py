@@ -13,8 +13,14 @@ A :class:`TickerConnection` owns one socket of one account (connection id
   :class:`~workers.streamer.batcher.Batcher` with their receive time (never parsed; the packet
   count is the frame's first two bytes); 1-byte heartbeats only prove liveness; text
   ``order`` messages go to ``on_order``, ``error`` messages are logged and counted.
+* **Capture** (optional): every binary data frame is also appended, with its receive time,
+  to the connection's :class:`~workers.streamer.capture.CaptureWriter` (its owner flushes and
+  closes it).
 * **Watchdog**: a socket that delivers nothing (no frame, no heartbeat) for
-  ``streamer_silence_timeout_s`` is closed and replaced.
+  ``streamer_silence_timeout_s`` is closed and replaced. The time of the last frame holding a
+  canary token is tracked (:func:`frame_has_token`, packet headers only, at most one hit per
+  :data:`CANARY_SCAN_EVERY_S`); the account decides with :func:`lagging_canaries` which
+  sockets to :meth:`TickerConnection.replace` (outage reason ``canary_lag``).
 * **Reconnect** with exponential backoff and jitter (1 s doubling up to
   ``streamer_reconnect_max_s``). HTTP 403 at the upgrade marks the account's token invalid
   (:class:`AccountAuth`): no connection of the account retries until the stored token
@@ -30,6 +36,7 @@ import contextlib
 import json
 import logging
 import random
+import struct
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -47,6 +54,7 @@ from ticker_tasks.errors import AuthError
 from ticker_tasks.kite.rest import KiteAccount
 from ticker_tasks.subscriptions.plan import MODES, ConnectionDiff
 from workers.streamer.batcher import Batcher
+from workers.streamer.capture import CaptureWriter
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +64,10 @@ FIRST_BACKOFF_S: Final = 1.0
 #: Heartbeats in a row (no data frame between) that prove a drained socket is quiet.
 QUIET_HEARTBEATS: Final = 2
 REDIS_TIMEOUT_S: Final = 2.0
+#: After a frame with a canary token, frames are not scanned for one again this long.
+CANARY_SCAN_EVERY_S: Final = 1.0
+_U16: Final = struct.Struct(">H")
+_U32: Final = struct.Struct(">I")
 
 Credentials = Callable[[], KiteAccount]
 OrderSink = Callable[[OrderUpdate], None]
@@ -75,6 +87,65 @@ class ConnectionStats:
     orders: int = 0
     outages: int = 0
     last_frame_at: float = 0.0
+    #: Receive time of the last frame holding a canary token (0: none yet).
+    last_canary_at: float = 0.0
+    #: When the socket was last subscribed.
+    subscribed_at: float = 0.0
+
+
+def frame_has_token(frame: bytes, tokens: frozenset[int]) -> bool:
+    """Whether a binary frame holds a packet of one of ``tokens`` (packet headers only).
+
+    A frame is a ``uint16`` packet count, then per packet a ``uint16`` length and the packet,
+    whose first 4 bytes are its instrument token (all big-endian). A torn frame is scanned as
+    far as it goes.
+    """
+    size = len(frame)
+    if size < 2:
+        return False
+    (count,) = _U16.unpack_from(frame, 0)
+    offset = 2
+    for _ in range(count):
+        if offset + 2 > size:
+            return False
+        (length,) = _U16.unpack_from(frame, offset)
+        offset += 2
+        if length >= 4 and offset + 4 <= size and _U32.unpack_from(frame, offset)[0] in tokens:
+            return True
+        offset += length
+    return False
+
+
+def lagging_canaries(
+    last_canary: Mapping[str, float],
+    now: float,
+    lag_s: float,
+    subscribed_at: Mapping[str, float] | None = None,
+) -> list[str]:
+    """The connections whose canary is older than their freshest sibling's by over ``lag_s``.
+
+    Args:
+        last_canary: ``{connection id: time of its last frame with a canary}`` of the
+            subscribed connections (0: none seen yet).
+        now: The current time (same clock).
+        lag_s: Allowed lag (0 = off).
+        subscribed_at: When each connection was last subscribed: a connection is not judged
+            on its canary before that time plus ``lag_s`` (grace after a reconnect).
+
+    Returns:
+        The connection ids to replace, sorted. None with fewer than two connections, or
+        while no connection has seen a canary (a quiet market is no lag).
+    """
+    if lag_s <= 0 or len(last_canary) < 2:
+        return []
+    seen = [at for at in last_canary.values() if at > 0]
+    if not seen:
+        return []
+    freshest = min(max(seen), now)
+    since = subscribed_at or {}
+    return sorted(
+        cid for cid, at in last_canary.items() if freshest - max(at, since.get(cid, 0.0)) > lag_s
+    )
 
 
 class AccountAuth:
@@ -176,6 +247,8 @@ class TickerConnection:
         connect_timeout_s: Timeout of connect + upgrade.
         silence_timeout_s: Close a socket silent this long.
         reconnect_max_s: Longest backoff between attempts.
+        capture: Raw-frame capture of the connection (None: off); closed by the owner.
+        canaries: Canary tokens whose frames :attr:`ConnectionStats.last_canary_at` tracks.
     """
 
     def __init__(
@@ -192,6 +265,8 @@ class TickerConnection:
         connect_timeout_s: float,
         silence_timeout_s: float,
         reconnect_max_s: float,
+        capture: CaptureWriter | None = None,
+        canaries: Iterable[int] = (),
     ) -> None:
         self.account_id = account_id
         self.index = index
@@ -217,6 +292,15 @@ class TickerConnection:
         self._quiet_count = 0
         self._outage_start: float | None = None
         self._outage_reason = ""
+        self.capture = capture
+        self._canaries = frozenset(canaries)
+        self._close_reason: str | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+
+    @property
+    def live(self) -> bool:
+        """Whether the socket is open and subscribed."""
+        return self._live
 
     @property
     def tokens(self) -> dict[int, str]:
@@ -225,8 +309,12 @@ class TickerConnection:
 
     # ------------------------------------------------------------------ plan changes
 
-    async def apply(self, diff: ConnectionDiff) -> None:
-        """Apply a plan change: remember it, and send it when the socket is subscribed."""
+    async def apply(self, diff: ConnectionDiff) -> bool:
+        """Apply a plan change: remember it, and send it when the socket is subscribed.
+
+        Returns:
+            True when messages were sent on the socket (False: nothing to send, or not live).
+        """
         for token in diff.unsubscribe:
             self._tokens.pop(token, None)
         self._tokens.update(diff.subscribe)
@@ -234,7 +322,9 @@ class TickerConnection:
         async with self._lock:
             ws = self._ws
             if not self._live or ws is None:
-                return  # the next (re)subscribe sends the whole set
+                return False  # the next (re)subscribe sends the whole set
+            if not (diff.unsubscribe or diff.subscribe or diff.mode_changes):
+                return False
             try:
                 for chunk in _chunks(diff.unsubscribe):
                     await ws.send(json.dumps({"a": "unsubscribe", "v": chunk}))
@@ -242,6 +332,8 @@ class TickerConnection:
                 await self._send_modes(ws, diff.mode_changes, subscribe=False)
             except ConnectionClosed as exc:
                 log.info("%s: closed while applying a plan change (%s)", self.connection_id, exc)
+                return False
+            return True
 
     @staticmethod
     async def _send_modes(
@@ -318,12 +410,16 @@ class TickerConnection:
                 self._ws = ws
                 await self._send_modes(ws, self._tokens, subscribe=True)
                 self._live = True
+                self._close_reason = None
             self.stats.connected = True
+            self.stats.subscribed_at = time.time()  # the canary's lag counts from here
             if self.stats.last_frame_at == 0.0:
                 self.stats.last_frame_at = time.time()
             await self._end_outage()
             log.info("%s: streaming %d tokens", self.connection_id, len(self._tokens))
             reason = await self._read(ws)
+            if self._close_reason is not None:
+                reason, self._close_reason = self._close_reason, None
         finally:
             self._live = False
             self._ws = None
@@ -353,6 +449,14 @@ class TickerConnection:
                     self.stats.packets += int.from_bytes(message[:2], "big")
                     self.batcher.add(message, now)
                     self._quiet_count = 0
+                    if self.capture is not None:
+                        self.capture.write(now, message)
+                    if (
+                        self._canaries
+                        and now - self.stats.last_canary_at >= CANARY_SCAN_EVERY_S
+                        and frame_has_token(message, self._canaries)
+                    ):
+                        self.stats.last_canary_at = now
                 else:
                     self.stats.heartbeats += 1
                     if self._draining:
@@ -411,6 +515,22 @@ class TickerConnection:
             reason=self._outage_reason or "closed",
         )
         await self._outages.record(outage)
+
+    def replace(self, reason: str) -> None:
+        """Close the socket now (without waiting) and reconnect; ``reason`` names the outage."""
+        ws = self._ws
+        if ws is None or not self._live or self._stopping:
+            return
+        self._close_reason = reason
+        log.warning("%s: replacing the socket (%s)", self.connection_id, reason)
+        task = asyncio.get_running_loop().create_task(self._close_ws(ws))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    @staticmethod
+    async def _close_ws(ws: ClientConnection) -> None:
+        with contextlib.suppress(OSError, TimeoutError, ConnectionClosed):
+            await asyncio.wait_for(ws.close(), timeout=2.0)
 
     # ------------------------------------------------------------------ stopping
 

@@ -11,7 +11,10 @@
   canaries and the previous plan (minimal churn); each account's share is stored as
   ``Plan.to_json`` in ``ticker_tasks:streamer:plan:{account_id}`` for operators;
 * ``Delivery.run()`` (batches to the ``ticks`` queue) and an aiohttp server with ``/metrics``
-  and ``/health`` on ``streamer_metrics_port`` (0 = off).
+  and ``/health`` on ``streamer_metrics_port`` (0 = off); the histogram
+  ``ticker_tasks_streamer_subscription_apply_seconds`` observes, per re-plan that sent a change
+  on a subscribed socket, the time from the first notification (else the re-plan's start) to
+  the last subscribe/mode message sent.
 
 SIGTERM / SIGINT: stop leasing and planning, unsubscribe everything and read until only
 heartbeats arrive (bounded), flush the batchers, drain the delivery, release the leases, exit
@@ -35,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Final
 import redis.asyncio as aioredis
 from aiohttp import web
 from kombu.exceptions import OperationalError
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
@@ -68,6 +71,8 @@ PLAN_KEY: Final = "ticker_tasks:streamer:plan:{account_id}"
 #: The plan of every enabled account, shared by all streamers (previous plan of the next one).
 CLUSTER_PLAN_KEY: Final = "ticker_tasks:streamer:plan"
 ORDER_UPDATE: Final = "ticker_tasks.orders.update"
+#: Buckets (seconds) of the subscription-change latency histogram.
+APPLY_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class StreamerService:
@@ -101,6 +106,15 @@ class StreamerService:
         self.orders_failed = 0
         self.invalid_tokens = 0
         self._replan = asyncio.Event()
+        #: Monotonic time of the first notification not yet applied by a re-plan.
+        self._notified_at: float | None = None
+        self.apply_seconds = Histogram(
+            f"{PREFIX}subscription_apply_seconds",
+            "From a subscription-change notification (or the start of the re-plan) to the last "
+            "subscribe/mode message of the change sent on the sockets.",
+            buckets=APPLY_BUCKETS,
+            registry=None,
+        )
         self._stop = asyncio.Event()
         self._options = ConnectionOptions(
             ws_root=settings.kite_ws_root,
@@ -110,6 +124,9 @@ class StreamerService:
             batch_max_frames=settings.streamer_batch_max_frames,
             batch_max_delay_s=settings.streamer_batch_max_delay_s,
             token_poll_s=settings.streamer_token_poll_interval_s,
+            capture_dir=settings.streamer_capture_dir or None,
+            canaries=tuple(settings.subscription_canary_tokens),
+            canary_lag_s=settings.streamer_canary_lag_s,
         )
 
     # ------------------------------------------------------------------ callbacks
@@ -194,6 +211,8 @@ class StreamerService:
             if now - last_poll >= self.settings.lease_poll_interval_s:
                 last_poll = now
                 await self._take_unheld()
+            for account in list(self.accounts.values()):
+                account.tick()
             await asyncio.sleep(tick)
 
     async def _renew_all(self) -> None:
@@ -263,6 +282,8 @@ class StreamerService:
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None:
+                        if self._notified_at is None:
+                            self._notified_at = time.monotonic()
                         self._replan.set()
             except (RedisError, OSError) as exc:
                 log.warning("subscription notifications lost (%r); resubscribing", exc)
@@ -284,11 +305,16 @@ class StreamerService:
         while True:
             await self._replan.wait()
             self._replan.clear()
+            started = time.monotonic()
+            notified, self._notified_at = self._notified_at, None
             try:
-                await self.replan()
+                if await self.replan():
+                    self.apply_seconds.observe(time.monotonic() - (notified or started))
             except (SQLAlchemyError, RedisError, ServiceUnavailable, OSError) as exc:
                 log.error("re-plan failed, retrying in 1 s: %r", exc)
                 await asyncio.sleep(1.0)
+                if notified is not None and self._notified_at is None:
+                    self._notified_at = notified  # measured from the first notification
                 self._replan.set()
 
     def _desired(self) -> dict[int, str]:
@@ -306,8 +332,10 @@ class StreamerService:
                 hysteresis_strikes=self.settings.subscription_atm_hysteresis_strikes,
             )
 
-    async def replan(self) -> None:
+    async def replan(self) -> bool:
         """Plan the cluster's enabled accounts and apply the share of the held ones.
+
+        Returns True when a change was sent on a subscribed socket.
 
         Every streamer plans over *all* enabled accounts, starting from the cluster plan kept
         in Redis, so the share of each account is the same whichever streamer holds it: no
@@ -317,7 +345,7 @@ class StreamerService:
         """
         held = sorted(self.accounts)
         if not held:
-            return
+            return False
         with self._sessions() as session:
             enabled = sorted(accounts.enabled_account_ids(session))
         desired = self._desired()
@@ -343,11 +371,12 @@ class StreamerService:
         self.plan = plan
         async with asyncio.timeout(self.settings.redis_socket_timeout_s):
             await self._redis.set(CLUSTER_PLAN_KEY, json.dumps(plan.to_json()))
+        sent = False
         for account_id in held:
             account = self.accounts.get(account_id)
             if account is None:
                 continue
-            await account.apply(plan.for_account(account_id))
+            sent = await account.apply(plan.for_account(account_id)) or sent
             own = Plan(
                 connections={k: v for k, v in plan.connections.items() if k[0] == account_id},
                 unplaced=plan.unplaced,
@@ -357,6 +386,7 @@ class StreamerService:
                 await self._redis.set(
                     PLAN_KEY.format(account_id=account_id), json.dumps(own.to_json())
                 )
+        return sent
 
     # ------------------------------------------------------------------ metrics
 
@@ -367,6 +397,7 @@ class StreamerService:
         registry = CollectorRegistry()
         registry.register(DeliveryCollector(lambda: self.delivery.stats))
         registry.register(StreamerCollector(self))
+        registry.register(self.apply_seconds)
 
         async def metrics(_: web.Request) -> web.Response:
             return web.Response(body=generate_latest(registry), content_type="text/plain")
