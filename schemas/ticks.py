@@ -22,8 +22,10 @@ postback as the Kite ticker delivered it (a text frame of type ``order``), uncha
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Literal
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any, Final, Literal
+from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -158,3 +160,101 @@ class OrderUpdate(BaseModel):
             if value:
                 return str(value)
         return ""
+
+
+# --------------------------------------------------------------------------- published ticks
+
+IST: Final = ZoneInfo("Asia/Kolkata")
+_LEN_LTP, _LEN_INDEX_QUOTE, _LEN_INDEX_FULL, _LEN_QUOTE, _LEN_FULL = 8, 28, 32, 44, 184
+_QUOTE_QTY_KEYS: Final = (
+    "last_traded_quantity",
+    "average_traded_price",
+    "volume_traded",
+    "total_buy_quantity",
+    "total_sell_quantity",
+)
+_Columns = Mapping[str, Any]
+
+
+def _timestamp(epoch: int) -> datetime | None:
+    """kiteconnect's ``datetime.fromtimestamp``, in IST; None where it would fail."""
+    try:
+        return datetime.fromtimestamp(epoch, tz=IST)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _base(c: _Columns, i: int) -> dict[str, Any]:
+    return {
+        "tradable": c["tradable"][i],
+        "mode": c["mode"][i],
+        "instrument_token": c["instrument_token"][i],
+        "last_price": c["last_price"][i],
+    }
+
+
+def _change(c: _Columns, i: int) -> float | int:
+    return 0 if c["close"][i] == 0 else c["change"][i]
+
+
+def _tick_index(c: _Columns, i: int) -> dict[str, Any]:
+    d = _base(c, i)
+    d["ohlc"] = {k: c[k][i] for k in ("high", "low", "open", "close")}
+    d["change"] = _change(c, i)
+    if c["packet_length"][i] == _LEN_INDEX_FULL:
+        d["exchange_timestamp"] = _timestamp(c["exchange_timestamp"][i])
+    return d
+
+
+def _depth(c: _Columns, i: int, prefix: str) -> list[dict[str, Any]]:
+    qty, price, orders = (c[f"{prefix}_{k}"][i] for k in ("qty", "price", "orders"))
+    return [
+        {"quantity": q, "price": p, "orders": o} for q, p, o in zip(qty, price, orders, strict=True)
+    ]
+
+
+def _tick_quote(c: _Columns, i: int) -> dict[str, Any]:
+    d = _base(c, i)
+    for key in _QUOTE_QTY_KEYS:
+        d[key] = c[key][i]
+    d["ohlc"] = {k: c[k][i] for k in ("open", "high", "low", "close")}
+    d["change"] = _change(c, i)
+    if c["packet_length"][i] == _LEN_FULL:
+        d["last_trade_time"] = _timestamp(c["last_trade_time"][i])
+        for key in ("oi", "oi_day_high", "oi_day_low"):
+            d[key] = c[key][i]
+        d["exchange_timestamp"] = _timestamp(c["exchange_timestamp"][i])
+        d["depth"] = {"buy": _depth(c, i, "bid"), "sell": _depth(c, i, "ask")}
+    return d
+
+
+_BUILDERS: Final[dict[int, Callable[[_Columns, int], dict[str, Any]]]] = {
+    _LEN_LTP: _base,
+    _LEN_INDEX_QUOTE: _tick_index,
+    _LEN_INDEX_FULL: _tick_index,
+    _LEN_QUOTE: _tick_quote,
+    _LEN_FULL: _tick_quote,
+}
+
+
+def to_kite_ticks(message: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The tick dicts kiteconnect's ``KiteTicker`` yields for a published tick message.
+
+    ``message`` is one message of the ``ticker_tasks:ticks:stream`` stream (field ``m``) or of
+    a ``ticker_tasks:ticks:{mode}`` channel, parsed from JSON. Keys, key order, values and
+    Python types match kiteconnect 5.2.2's ``_parse_binary``, except that ``last_trade_time``
+    and ``exchange_timestamp`` are timezone-aware datetimes in Asia/Kolkata.
+
+    Raises:
+        ValueError: Unknown message version or packet length.
+    """
+    if message.get("v") != 1:
+        raise ValueError(f"unsupported tick message version {message.get('v')!r}")
+    c: _Columns = message["columns"]
+    ticks: list[dict[str, Any]] = []
+    for i, length in enumerate(c["packet_length"]):
+        builder = _BUILDERS.get(length)
+        if builder is None:
+            raise ValueError(f"row {i}: unknown packet_length {length}")
+        ticks.append(builder(c, i))
+    return ticks

@@ -208,3 +208,20 @@ def test_two_beats_started_by_mistake_do_not_double_the_refresh(stack, redis_cli
     assert len(applied) == 1, results
     assert len(skipped) == len(results) - 1 >= 1
     assert stack.instrument_requests() == 1
+
+
+def test_set_token_prints_the_login_url_and_completes_the_session_exchange(stack):
+    cipher = CredentialCipher.from_settings(stack.runtime.settings)
+    with stack.runtime.sessions.begin() as session:
+        # The simulator's api secret of this key is secret-<key>.
+        accounts.add_account(
+            session, cipher, account_id="EX1", api_key=OTHER_KEY, api_secret=f"secret-{OTHER_KEY}"
+        )
+    url = stack.cli("accounts", "set-token", "EX1")
+    assert url.returncode == 0, url.stderr
+    assert f"api_key={OTHER_KEY}" in url.stdout
+    exchanged = stack.cli("accounts", "set-token", "EX1", "--request-token", "req-123")
+    assert exchanged.returncode == 0, exchanged.stderr
+    assert OTHER_TOKEN not in exchanged.stdout + exchanged.stderr
+    with stack.runtime.sessions() as session:
+        assert accounts.kite_account(session, cipher, "EX1").access_token == OTHER_TOKEN

@@ -6,6 +6,12 @@ its frames decoded in one vectorized call, and its packets counted **once** per
 a streamer resending after a publish timeout or replaying its journal). Later versions merge
 state, build bars and publish; they keep this shape.
 
+After counting, the decoded rows go through the tick pipeline
+(:class:`ticker_tasks.pipeline.batch.TickPipeline`): validation (rejections counted in
+``ticks_rejected{reason}`` and sampled to ``ticker_tasks:ticks:dead_letter``, on the first
+counted delivery only), then one Lua script that merges the latest state and publishes the
+batch once per ``(connection, seq)`` (see :mod:`ticker_tasks.pipeline.publish`).
+
 Redis keys (data store):
 
 - ``ticker_tasks:ticks:seen:{connection}``: sorted set of the sequence numbers already
@@ -29,18 +35,23 @@ never retried: resending the same bytes cannot make it valid.
 from __future__ import annotations
 
 import logging
+import time
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
+import numpy as np
 import redis
 from pydantic import ValidationError as PydanticValidationError
 
 from schemas.ticks import TickBatch
 from ticker_tasks.app import app
 from ticker_tasks.errors import ServiceUnavailable
-from ticker_tasks.kite.codec import DecodeStats, decode_many
+from ticker_tasks.kite.codec import DecodeStats, Rows, decode_many
 from ticker_tasks.metrics import Metrics
+from ticker_tasks.pipeline.batch import TickPipeline
+from ticker_tasks.pipeline.validate import BatchRef
+from ticker_tasks.runtime import Runtime
 from ticker_tasks.tasks.base import BaseTask
 from ticker_tasks.tasks.retry import retry
 
@@ -87,16 +98,33 @@ class BatchOutcome:
     packets: int
     bad_frames: int
     unknown_packets: int
+    good: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    published: bool = False
+    applied: int = 0
 
 
-def count_batch(client: redis.Redis, batch: TickBatch, *, window: int) -> BatchOutcome:
-    """Decode ``batch`` and count its packets and frames unless ``(connection, seq)`` was seen.
+def count_batch(
+    client: redis.Redis,
+    batch: TickBatch,
+    *,
+    window: int,
+    stats: DecodeStats | None = None,
+) -> BatchOutcome:
+    """Count the packets and frames of ``batch`` unless ``(connection, seq)`` was seen.
+
+    Args:
+        client: Redis data store.
+        batch: The batch.
+        window: Sequence numbers remembered per connection.
+        stats: The batch's decode counters when already decoded; decoded here otherwise.
 
     Raises:
         redis.RedisError: Redis is unreachable (nothing was counted).
     """
-    stats = DecodeStats()
-    decode_many(batch.frames, stats)
+    if stats is None:
+        stats = DecodeStats()
+        decode_many(batch.frames, stats)
     script = client.register_script(_COUNT_ONCE)
     new = script(
         keys=[
@@ -135,6 +163,43 @@ def count_batch(client: redis.Redis, batch: TickBatch, *, window: int) -> BatchO
     return outcome
 
 
+def _pipeline(task: BaseTask, runtime: Runtime) -> TickPipeline:
+    """This process's pipeline, built on first use for the current runtime."""
+    cached: tuple[Runtime, TickPipeline] | None = getattr(task, "_tick_pipeline", None)
+    if cached is None or cached[0] is not runtime:
+        cached = (runtime, TickPipeline(runtime.settings, runtime.redis))
+        task._tick_pipeline = cached
+    return cached[1]
+
+
+def run_batch(
+    client: redis.Redis, pipeline: TickPipeline, batch: TickBatch, *, window: int
+) -> BatchOutcome:
+    """Decode once, count once per ``(connection, seq)``, then validate, merge and publish.
+
+    Raises:
+        redis.RedisError: Redis is unreachable.
+    """
+    stats = DecodeStats()
+    rows: Rows
+    rows, frame_index = decode_many(batch.frames, stats)
+    counted = count_batch(client, batch, window=window, stats=stats)
+    received_at = np.asarray(batch.received_at, dtype=np.float64)[frame_index]
+    ref = BatchRef(
+        batch_id=batch.batch_id, connection=batch.connection, seq=batch.seq, source=batch.source
+    )
+    done = pipeline.run(ref, rows, received_at, now=time.time(), report=counted.new)
+    return BatchOutcome(
+        **{
+            **asdict(counted),
+            "good": done.good,
+            "rejected": done.rejected,
+            "published": done.published,
+            "applied": done.applied,
+        }
+    )
+
+
 def _describe(payload: dict[str, Any]) -> str:
     """Identify a rejected payload in a log line without dumping its frames."""
     fields = ("connection", "seq", "batch_id")
@@ -157,7 +222,7 @@ def _reject(client: redis.Redis, reason: str, detail: str) -> dict[str, Any]:
     reject_on_worker_lost=True,
 )
 def process_batch(self: BaseTask, *args: Any, **payload: Any) -> dict[str, Any]:
-    """Count the packets of one tick batch (see :class:`schemas.ticks.TickBatch`) once.
+    """Count, validate, merge and publish one tick batch (:class:`schemas.ticks.TickBatch`).
 
     Returns:
         The :class:`BatchOutcome` as a dict, or ``{"rejected": reason}`` for a bad payload.
@@ -173,7 +238,12 @@ def process_batch(self: BaseTask, *args: Any, **payload: Any) -> dict[str, Any]:
         detail = f"{_describe(payload)}: {where or 'payload'}: {first.get('msg', 'invalid')}"
         return _reject(runtime.redis, "invalid", f"{detail} ({exc.error_count()} errors)")
     try:
-        outcome = count_batch(runtime.redis, batch, window=runtime.settings.ticks_dedup_window)
+        outcome = run_batch(
+            runtime.redis,
+            _pipeline(self, runtime),
+            batch,
+            window=runtime.settings.ticks_dedup_window,
+        )
     except redis.RedisError as exc:
         raise retry(self, ServiceUnavailable(f"redis: {exc}")) from exc
     return asdict(outcome)

@@ -1,0 +1,227 @@
+"""THE tick publisher: state merge, stream append and pub/sub in one Lua round trip per batch.
+
+Per batch (after validation) :class:`Publisher` runs one script that atomically
+
+1. records ``(connection, seq)`` in :data:`PUBLISHED_KEY` (dedup window) and stops if the
+   batch was already published (a redelivery publishes nothing and changes nothing);
+2. merges each row into the latest state (:mod:`ticker_tasks.pipeline.state`), newest wins;
+3. appends one message to the stream :data:`STREAM_KEY` (``MAXLEN ~``), field ``m``;
+4. publishes one message per mode present on :data:`CHANNEL` (``ticker_tasks:ticks:{mode}``).
+
+Message (JSON, one per batch and channel; the channel message holds only its mode's rows)::
+
+    {"v": 1, "batch_id": "...", "connection": "ACC:0", "seq": 7, "source": "stream",
+     "received_at": [...one per row...],
+     "columns": {"instrument_token": [...], "mode": ["full", ...], "last_price": [...], ...}}
+
+``columns`` holds :data:`~ticker_tasks.pipeline.columns.MESSAGE_COLUMNS`; depth columns hold
+a 5-element list per row. :func:`schemas.ticks.to_kite_ticks` turns a message into the dicts
+kiteconnect's ``KiteTicker`` yields.
+
+Late joiner (snapshot then stream, no gap, no duplicate):
+
+1. :func:`~ticker_tasks.pipeline.state.read_snapshot` reads, in one MULTI/EXEC, the newest
+   stream id ``L`` and the whole state. Because the script that merges state also appends to
+   the stream, atomically, the snapshot contains exactly the batches of the entries up to and
+   including ``L``.
+2. Read the stream strictly after ``L`` (``XREAD BLOCK <timeout> STREAMS
+   ticker_tasks:ticks:stream L``, then from the last id read). Every entry after ``L`` is a
+   batch not in the snapshot; each is read once. Merge rows by the order key (newest wins) to
+   keep the same state as Redis.
+3. If the stream's first entry is already newer than ``L`` when first read (``MAXLEN``
+   trimmed past a very slow reader), restart from step 1.
+
+Pub/sub subscribers get the same messages live but with no replay; use the stream to resume.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+import redis
+
+from ticker_tasks.pipeline.columns import Rows, columns, mode_names
+from ticker_tasks.pipeline.state import (
+    STATE_ORDER_KEY,
+    STATE_ROWS_KEY,
+    batch_suffix,
+    index_digits,
+    packed_rows,
+    row_prefixes,
+)
+from ticker_tasks.pipeline.validate import BatchRef, FloatArray
+
+MESSAGE_VERSION: Final = 1
+STREAM_KEY: Final = "ticker_tasks:ticks:stream"
+CHANNEL: Final = "ticker_tasks:ticks:{mode}"
+PUBLISHED_KEY: Final = "ticker_tasks:ticks:published:{connection}"
+#: A connection silent this long forgets its published-batch window.
+PUBLISHED_TTL_S: Final = 7 * 86_400
+MODES: Final = ("ltp", "quote", "full")
+
+# KEYS: published, state order, state rows, stream, channel 1..n.
+# ARGV: seq, window, ttl, maxlen, stream message, batch suffix, n, channel message 1..n,
+#       then 4 per row: token, prefix, index, packed row.
+_APPLY: Final = """
+if redis.call('ZADD', KEYS[1], 'NX', ARGV[1], ARGV[1]) == 0 then
+  return {0, 0}
+end
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[2]) + 1))
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+local n = tonumber(ARGV[7])
+local suffix = ARGV[6]
+-- Newest row of each token within the batch.
+local best, value, tokens = {}, {}, {}
+for i = 8 + n, #ARGV, 4 do
+  local token = ARGV[i]
+  local key = ARGV[i + 1] .. suffix .. ARGV[i + 2]
+  local seen = best[token]
+  if not seen then
+    tokens[#tokens + 1] = token
+  end
+  if (not seen) or key > seen then
+    best[token] = key
+    value[token] = ARGV[i + 3]
+  end
+end
+-- Compare with the state held, in chunks (Lua's unpack has a stack limit).
+local chunk = 500
+local applied = 0
+for first = 1, #tokens, chunk do
+  local last = math.min(first + chunk - 1, #tokens)
+  local part = {}
+  for k = first, last do part[#part + 1] = tokens[k] end
+  local held = redis.call('HMGET', KEYS[2], unpack(part))
+  local keys_out, rows_out = {}, {}
+  for k = 1, #part do
+    local token = part[k]
+    if (not held[k]) or best[token] > held[k] then
+      keys_out[#keys_out + 1] = token
+      keys_out[#keys_out + 1] = best[token]
+      rows_out[#rows_out + 1] = token
+      rows_out[#rows_out + 1] = value[token]
+    end
+  end
+  if #keys_out > 0 then
+    redis.call('HSET', KEYS[2], unpack(keys_out))
+    redis.call('HSET', KEYS[3], unpack(rows_out))
+    applied = applied + #keys_out / 2
+  end
+end
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'm', ARGV[5])
+for j = 1, n do
+  redis.call('PUBLISH', KEYS[4 + j], ARGV[7 + j])
+end
+return {1, applied}
+"""
+
+
+def _dumps(message: dict[str, Any]) -> str:
+    return json.dumps(message, separators=(",", ":"), allow_nan=False)
+
+
+def build_message(batch: BatchRef, rows: Rows, received_at: FloatArray) -> dict[str, Any]:
+    """The message of ``rows`` (see the module docstring)."""
+    return {
+        "v": MESSAGE_VERSION,
+        "batch_id": batch.batch_id,
+        "connection": batch.connection,
+        "seq": batch.seq,
+        "source": batch.source,
+        "received_at": np.asarray(received_at, dtype=np.float64).tolist(),
+        "columns": columns(rows),
+    }
+
+
+def channel_messages(
+    batch: BatchRef, rows: Rows, received_at: FloatArray, *, whole: bool = False
+) -> dict[str, dict[str, Any]]:
+    """One message per mode present in ``rows``: channel name -> message.
+
+    With ``whole`` (the caller knows every row has one mode) the message is not built: the
+    value is an empty dict and the caller sends the batch's stream message instead.
+    """
+    names = mode_names(rows)
+    out: dict[str, dict[str, Any]] = {}
+    for mode in MODES:
+        picked = np.flatnonzero(names == mode)
+        if picked.size and whole:
+            out[CHANNEL.format(mode=mode)] = {}
+        elif picked.size:
+            out[CHANNEL.format(mode=mode)] = build_message(
+                batch, rows[picked], np.asarray(received_at)[picked]
+            )
+    return out
+
+
+@dataclass(frozen=True)
+class PublishOutcome:
+    """What one publication did.
+
+    Attributes:
+        new: False when ``(connection, seq)`` was already published (nothing changed).
+        applied: Rows that replaced the state of their instrument.
+    """
+
+    new: bool
+    applied: int
+
+
+class Publisher:
+    """Merges state and publishes tick batches (the one tick publisher)."""
+
+    def __init__(self, client: redis.Redis, *, stream_maxlen: int, dedup_window: int) -> None:
+        self._client = client
+        self._stream_maxlen = stream_maxlen
+        self._dedup_window = dedup_window
+        self._script = client.register_script(_APPLY)
+
+    def publish(self, batch: BatchRef, rows: Rows, received_at: FloatArray) -> PublishOutcome:
+        """Merge ``rows`` into the state and publish them, once per ``(connection, seq)``.
+
+        Args:
+            batch: Identity of the batch.
+            rows: Validated rows (nothing is done when empty).
+            received_at: Receive time of each row's frame.
+
+        Raises:
+            redis.RedisError: Redis is unreachable (the script is atomic: all or nothing).
+        """
+        if rows.size == 0:
+            return PublishOutcome(new=False, applied=0)
+        received_at = np.asarray(received_at, dtype=np.float64)
+        stream_message = _dumps(build_message(batch, rows, received_at))
+        channels = channel_messages(
+            batch, rows, received_at, whole=len(np.unique(rows["mode"])) == 1
+        )
+        per_row = np.empty((rows.size, 4), dtype=object)
+        per_row[:, 0] = rows["instrument_token"].astype(np.int64)
+        per_row[:, 1] = row_prefixes(rows, received_at)
+        per_row[:, 2] = index_digits(rows.size)
+        per_row[:, 3] = packed_rows(rows)
+        args: list[Any] = [
+            batch.seq,
+            self._dedup_window,
+            PUBLISHED_TTL_S,
+            self._stream_maxlen,
+            stream_message,
+            batch_suffix(batch.connection, batch.seq),
+            len(channels),
+            *[
+                stream_message if len(channels) == 1 else _dumps(message)
+                for message in channels.values()
+            ],
+        ]
+        args.extend(per_row.reshape(-1).tolist())
+        keys = [
+            PUBLISHED_KEY.format(connection=batch.connection),
+            STATE_ORDER_KEY,
+            STATE_ROWS_KEY,
+            STREAM_KEY,
+            *channels,
+        ]
+        new, applied = self._script(keys=keys, args=args)
+        return PublishOutcome(new=bool(new), applied=int(applied))
