@@ -563,3 +563,48 @@ def test_a_paused_holder_loses_its_lease_and_closes_its_sockets(stack, streamer)
     wait_for(lambda: stack.packets(account_id) > before, what="new holder streams")
     assert paused.stop() == 0, paused.output()
     assert other.stop() == 0, other.output()
+
+
+def test_a_holder_that_cannot_renew_closes_before_the_taker_opens(stack, streamer, redis_service):
+    # Given a holder whose Redis (leases, plan) sits behind a proxy, and a rival on direct Redis
+    _, api_key, _ = stack.new_account()
+    stack.subscribe(stack.tokens[:100])
+    target = redis.Redis.from_url(redis_service.url).connection_pool.connection_kwargs
+    if "port" not in target:
+        pytest.skip("the test Redis listens on a unix socket: no TCP proxy possible")
+    port = free_port()
+    proxy = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.tcp_proxy", str(port), str(target["port"])],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proxy.stdout is not None and proxy.stdout.readline().strip() == "ready"
+        db = target.get("db", 0)
+        holder = streamer(
+            TICKER_REDIS_URL=f"redis://127.0.0.1:{port}/{db}",
+            TICKER_BROKER_URL=redis_service.url,
+            TICKER_REDIS_SOCKET_TIMEOUT_S="0.5",
+        )
+        wait_for(streaming(stack, api_key, [101]), what="holder streams")
+        (first_id,) = stack.connections(api_key)
+        rival = streamer()
+        # When the holder can no longer reach Redis to renew its lease
+        proxy.send_signal(signal.SIGUSR1)
+        assert proxy.stdout.readline().strip() == "cut"
+        # I expect the rival to take over, and the holder's socket closed before it opened one
+        second_id = wait_for(lambda: replaced(stack, api_key, first_id), what="rival streams")
+        every = stack.connections(api_key, open_only=False)
+        assert every[first_id]["closed_at"] is not None
+        assert every[first_id]["closed_at"] <= every[second_id]["opened_at"], holder.output()
+        assert holder.process.poll() is None  # it keeps running, waiting for Redis
+        proxy.send_signal(signal.SIGUSR2)
+        assert proxy.stdout.readline().strip() == "restored"
+        assert rival.stop() == 0, rival.output()
+        assert holder.stop() == 0, holder.output()
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=10)
+        if proxy.stdout is not None:
+            proxy.stdout.close()

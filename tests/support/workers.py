@@ -26,6 +26,17 @@ def producer_app(broker_url: str | None = None) -> Celery:
     return app
 
 
+def purge_queues(queues: list[str], broker_url: str | None = None) -> None:
+    """Drop every message waiting in ``queues`` on the broker."""
+    app = producer_app(broker_url)
+    with app.connection_for_write() as connection:
+        for queue in app.conf.task_queues:
+            if queue.name in queues:
+                bound = queue(connection.default_channel)
+                bound.declare()
+                bound.purge()
+
+
 @contextmanager
 def celery_worker(
     queues: list[str],
@@ -34,7 +45,11 @@ def celery_worker(
     concurrency: int = 2,
     log_path: Path | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``celery worker`` for ``queues`` with ``env`` until the block exits."""
+    """Run ``celery worker`` for ``queues`` with ``env`` until the block exits.
+
+    The queues are purged first: a module must not inherit another module's backlog.
+    """
+    purge_queues(queues, env.get("TICKER_BROKER_URL"))
     name = f"test-{uuid.uuid4().hex[:8]}@%h"
     command = [
         sys.executable,

@@ -121,6 +121,9 @@ class KombuSender:
                 queue=TICKS_QUEUE,
                 producer=self._producer,
                 retry=False,
+                # Nobody waits for a result: without this, every send would subscribe to the
+                # result backend, whose reconnect loop blocks the event loop when Redis is away.
+                ignore_result=True,
             )
         except EncodeError as exc:
             raise ValidationError(f"tick batch cannot be encoded: {exc}") from exc

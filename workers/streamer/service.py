@@ -146,7 +146,11 @@ class StreamerService:
     def _send_order(self, update: OrderUpdate) -> None:
         try:
             self._app.send_task(
-                ORDER_UPDATE, kwargs=update.model_dump(mode="json"), queue="orders", retry=False
+                ORDER_UPDATE,
+                kwargs=update.model_dump(mode="json"),
+                queue="orders",
+                retry=False,
+                ignore_result=True,  # never touch the result backend from the event loop
             )
             self.orders_sent += 1
         except (OperationalError, OSError) as exc:
