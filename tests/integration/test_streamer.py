@@ -32,6 +32,7 @@ from alembic import command
 from schemas.feed import OUTAGES_STREAM, Outage
 from tests.support.services import Service
 from tests.support.simulator import SimulatorHandle, free_port, running_simulator
+from tests.support.tcp_proxy import redis_proxy
 from tests.support.workers import celery_worker
 from ticker_tasks import accounts
 from ticker_tasks.crypto import CredentialCipher
@@ -495,32 +496,18 @@ def test_a_broker_outage_loses_nothing(stack, streamer, redis_service):
     # Given the streamer's broker behind a TCP proxy (the shared Redis is never restarted)
     account_id, api_key, _ = stack.new_account()
     stack.subscribe(stack.tokens[:200])
-    target = redis.Redis.from_url(redis_service.url).connection_pool.connection_kwargs
-    if "port" not in target:
-        pytest.skip("the test Redis listens on a unix socket: no TCP proxy possible")
-    port = free_port()
-    proxy = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.tcp_proxy", str(port), str(target["port"])],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proxy.stdout is not None and proxy.stdout.readline().strip() == "ready"
-        broker = f"redis://127.0.0.1:{port}/{target.get('db', 0)}"
-        proc = streamer(TICKER_BROKER_URL=broker, TICKER_STREAMER_RECONCILE_INTERVAL_S="0")
+    with redis_proxy(redis_service.url, free_port()) as proxy:
+        proc = streamer(TICKER_BROKER_URL=proxy.url, TICKER_STREAMER_RECONCILE_INTERVAL_S="0")
         wait_for(streaming(stack, api_key, [201]), what="201 subscriptions")
         wait_for(lambda: stack.packets(account_id) > 0, what="packets counted")
         # When the broker is cut for 10 seconds, then restored
-        proxy.send_signal(signal.SIGUSR1)
-        assert proxy.stdout.readline().strip() == "cut"
+        proxy.cut()
         during = stack.packets(account_id)
         time.sleep(9)
         print(f"streamer VmRSS during a broker outage (201 tokens): {proc.rss_kib()} KiB")
         time.sleep(1)
         assert stack.packets(account_id) - during < 400  # nothing got through meanwhile
-        proxy.send_signal(signal.SIGUSR2)
-        assert proxy.stdout.readline().strip() == "restored"
+        proxy.restore()
         wait_for(lambda: stack.packets(account_id) > during + 400, what="backlog delivered")
         # I expect, after a graceful stop, every packet the simulator sent to be counted once
         assert proc.stop() == 0, proc.output()
@@ -528,11 +515,6 @@ def test_a_broker_outage_loses_nothing(stack, streamer, redis_service):
         sent = sum(c["packets_sent"] for c in every.values())
         wait_for(lambda: stack.packets(account_id) == sent, what=f"{sent} packets counted")
         assert stack.packets(account_id) == sent
-    finally:
-        proxy.terminate()
-        proxy.wait(timeout=10)
-        if proxy.stdout is not None:
-            proxy.stdout.close()
 
 
 def test_a_paused_holder_loses_its_lease_and_closes_its_sockets(stack, streamer):
@@ -569,21 +551,9 @@ def test_a_holder_that_cannot_renew_closes_before_the_taker_opens(stack, streame
     # Given a holder whose Redis (leases, plan) sits behind a proxy, and a rival on direct Redis
     _, api_key, _ = stack.new_account()
     stack.subscribe(stack.tokens[:100])
-    target = redis.Redis.from_url(redis_service.url).connection_pool.connection_kwargs
-    if "port" not in target:
-        pytest.skip("the test Redis listens on a unix socket: no TCP proxy possible")
-    port = free_port()
-    proxy = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.tcp_proxy", str(port), str(target["port"])],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proxy.stdout is not None and proxy.stdout.readline().strip() == "ready"
-        db = target.get("db", 0)
+    with redis_proxy(redis_service.url, free_port()) as proxy:
         holder = streamer(
-            TICKER_REDIS_URL=f"redis://127.0.0.1:{port}/{db}",
+            TICKER_REDIS_URL=proxy.url,
             TICKER_BROKER_URL=redis_service.url,
             TICKER_REDIS_SOCKET_TIMEOUT_S="0.5",
         )
@@ -591,20 +561,13 @@ def test_a_holder_that_cannot_renew_closes_before_the_taker_opens(stack, streame
         (first_id,) = stack.connections(api_key)
         rival = streamer()
         # When the holder can no longer reach Redis to renew its lease
-        proxy.send_signal(signal.SIGUSR1)
-        assert proxy.stdout.readline().strip() == "cut"
+        proxy.cut()
         # I expect the rival to take over, and the holder's socket closed before it opened one
         second_id = wait_for(lambda: replaced(stack, api_key, first_id), what="rival streams")
         every = stack.connections(api_key, open_only=False)
         assert every[first_id]["closed_at"] is not None
         assert every[first_id]["closed_at"] <= every[second_id]["opened_at"], holder.output()
         assert holder.process.poll() is None  # it keeps running, waiting for Redis
-        proxy.send_signal(signal.SIGUSR2)
-        assert proxy.stdout.readline().strip() == "restored"
+        proxy.restore()
         assert rival.stop() == 0, rival.output()
         assert holder.stop() == 0, holder.output()
-    finally:
-        proxy.terminate()
-        proxy.wait(timeout=10)
-        if proxy.stdout is not None:
-            proxy.stdout.close()

@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 
 class Proxy:
@@ -71,3 +74,49 @@ async def main(listen_port: int, target_port: int) -> None:
 
 if __name__ == "__main__":
     asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
+
+
+class RedisProxy:
+    """A running proxy subprocess in front of a Redis URL, cut and restored by signals."""
+
+    def __init__(self, process: subprocess.Popen[str], url: str) -> None:
+        self.process = process
+        self.url = url
+
+    def _expect(self, word: str) -> None:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline().strip()
+        assert line == word, f"proxy said {line!r}, expected {word!r}"
+
+    def cut(self) -> None:
+        """Abort every connection and refuse new ones."""
+        self.process.send_signal(signal.SIGUSR1)
+        self._expect("cut")
+
+    def restore(self) -> None:
+        """Accept connections again."""
+        self.process.send_signal(signal.SIGUSR2)
+        self._expect("restored")
+
+
+@contextlib.contextmanager
+def redis_proxy(redis_url: str, listen_port: int) -> Iterator[RedisProxy]:
+    """A TCP proxy to the Redis at ``redis_url`` (TCP only) on ``listen_port``."""
+    import redis
+
+    target = redis.Redis.from_url(redis_url).connection_pool.connection_kwargs
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.tcp_proxy", str(listen_port), str(target["port"])],
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    proxy = RedisProxy(process, f"redis://127.0.0.1:{listen_port}/{target.get('db', 0)}")
+    try:
+        proxy._expect("ready")
+        yield proxy
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        if process.stdout is not None:
+            process.stdout.close()
