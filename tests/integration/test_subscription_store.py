@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from decimal import Decimal
 
 import pytest
 
+from tests.support.instruments import instrument_row
 from ticker_tasks.db.engine import build_sessionmaker
-from ticker_tasks.db.models import NO_EXPIRY, Instrument, Subscription
+from ticker_tasks.db.models import Instrument, Subscription
 from ticker_tasks.errors import NotFound, ValidationError
 from ticker_tasks.market.registry import table_from_instruments
 from ticker_tasks.subscriptions import store
@@ -27,27 +27,9 @@ def _token(expiry, strike, kind):
 
 
 def _instruments():
-    def row(iid, token, symbol, itype, *, exchange="NFO", expiry=NO_EXPIRY, strike=0, name="NIFTY"):
-        return Instrument(
-            instrument_id=iid,
-            instrument_token=token,
-            exchange_token=token >> 8,
-            exchange=exchange,
-            tradingsymbol=symbol,
-            name=name,
-            segment=exchange if itype == "EQ" else f"NFO-{'FUT' if itype == 'FUT' else 'OPT'}",
-            instrument_type=itype,
-            expiry=expiry,
-            strike=Decimal(strike),
-            tick_size=Decimal("0.05"),
-            lot_size=75,
-            freeze_quantity=None,
-            active=True,
-        )
-
     rows = [
-        row(1, INFY, "INFY", "EQ", exchange="NSE", name="INFOSYS"),
-        row(2, FUTURE, "NIFTY26DECFUT", "FUT", expiry=EXP2),
+        instrument_row(1, INFY, "INFY", "EQ", exchange="NSE", name="INFOSYS"),
+        instrument_row(2, FUTURE, "NIFTY26DECFUT", "FUT", expiry=EXP2),
     ]
     iid = 10
     for expiry in (EXP1, EXP2):
@@ -55,7 +37,7 @@ def _instruments():
             for kind in ("CE", "PE"):
                 symbol = f"NIFTY{expiry:%y%b}{strike}{kind}".upper()
                 token = _token(expiry, strike, kind)
-                rows.append(row(iid, token, symbol, kind, expiry=expiry, strike=strike))
+                rows.append(instrument_row(iid, token, symbol, kind, expiry=expiry, strike=strike))
                 iid += 1
     return rows
 

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -17,7 +16,8 @@ import redis
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from ticker_tasks.db.models import NO_EXPIRY, Instrument, Subscription
+from tests.support.instruments import instrument_row
+from ticker_tasks.db.models import Instrument, Subscription
 from ticker_tasks.market.calendar import IST
 from ticker_tasks.market.registry import publish_snapshot
 from ticker_tasks.subscriptions import store
@@ -38,47 +38,17 @@ def _option_token(expiry: dt.date, strike: int, kind: str) -> int:
 
 
 def _instruments() -> list[Instrument]:
-    def row(
-        iid: int,
-        token: int,
-        symbol: str,
-        itype: str,
-        *,
-        exchange: str = "NFO",
-        expiry: dt.date = NO_EXPIRY,
-        strike: int = 0,
-        name: str = "NIFTY",
-    ) -> Instrument:
-        return Instrument(
-            instrument_id=iid,
-            instrument_token=token,
-            exchange_token=token >> 8,
-            exchange=exchange,
-            tradingsymbol=symbol,
-            name=name,
-            segment=exchange if itype == "EQ" else f"NFO-{'FUT' if itype == 'FUT' else 'OPT'}",
-            instrument_type=itype,
-            expiry=expiry,
-            strike=Decimal(strike),
-            tick_size=Decimal("0.05"),
-            lot_size=75,
-            freeze_quantity=None,
-            active=True,
-        )
-
     rows = [
-        row(1, INFY, "INFY", "EQ", exchange="NSE", name="INFOSYS"),
-        row(2, FUTURE, f"NIFTY{EXP2:%y%b}FUT".upper(), "FUT", expiry=EXP2),
+        instrument_row(1, INFY, "INFY", "EQ", exchange="NSE", name="INFOSYS"),
+        instrument_row(2, FUTURE, f"NIFTY{EXP2:%y%b}FUT".upper(), "FUT", expiry=EXP2),
     ]
     iid = 10
     for expiry in (EXP1, EXP2):
         for strike in STRIKES:
             for kind in ("CE", "PE"):
                 symbol = f"NIFTY{expiry:%y%m%d}{strike}{kind}"
-                rows.append(
-                    row(iid, _option_token(expiry, strike, kind), symbol, kind, expiry=expiry,
-                        strike=strike)
-                )  # fmt: skip
+                token = _option_token(expiry, strike, kind)
+                rows.append(instrument_row(iid, token, symbol, kind, expiry=expiry, strike=strike))
                 iid += 1
     return rows
 

@@ -5,12 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from ticker_tasks.app import app
-from ticker_tasks.errors import RetryableError
-from ticker_tasks.locks import periodic_run
 from ticker_tasks.queues import MAINTENANCE
 from ticker_tasks.subscriptions.recentre import recentre_subscriptions
 from ticker_tasks.tasks.base import BaseTask
-from ticker_tasks.tasks.retry import retry
+from ticker_tasks.tasks.periodic import run_periodic
 
 #: The beat period of the re-centre job (every minute of the session).
 RECENTRE_PERIOD_S = 60.0
@@ -30,16 +28,9 @@ def recentre(self: BaseTask) -> dict[str, Any]:
     One Kite ``ltp`` request per run; streamers are notified only when the desired token set
     changed. A second run in the same minute (or one overlapping a running one) is skipped.
     """
-    runtime = self.runtime
-    with periodic_run(
-        runtime.redis,
+    return run_periodic(
+        self,
         "subscriptions.recentre",
         period_s=RECENTRE_PERIOD_S,
-        lock_ttl_s=runtime.settings.task_time_limit_s,
-    ) as run:
-        if not run.allowed:
-            return {"skipped": run.reason}
-        try:
-            return recentre_subscriptions(runtime).as_dict()
-        except RetryableError as exc:
-            raise retry(self, exc) from exc
+        job=lambda: recentre_subscriptions(self.runtime).as_dict(),
+    )
