@@ -184,7 +184,16 @@ class StreamerService:
             return max(0.5, deadline - time.monotonic())
 
         budget = left() * 0.5
-        await asyncio.gather(*(a.drain(budget) for a in self.accounts.values()))
+        try:
+            # The whole drain is bounded, whatever state a socket is in (even mid-connect).
+            async with asyncio.timeout(budget + 1.0):
+                await asyncio.gather(*(a.drain(budget) for a in self.accounts.values()))
+        except TimeoutError:
+            log.error("accounts not drained before the deadline: closing their sockets")
+            for account in list(self.accounts.values()):
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(2.0):
+                        await account.close()
         if not await self.delivery.drain(left() - 1.0):
             log.error(
                 "%d tick batches not sent before the deadline (journaled)", self.delivery.pending
