@@ -318,6 +318,7 @@ def test_process_batch_on_a_worker_validates_merges_and_publishes_once(
     assert len(published) == 1
     good = rows[1:4]
     assert to_kite_ticks(published[0]) == codec.to_kite_ticks(good)
+    assert published[0]["packet_index"] == [1, 2, 3]  # rows 0 and 4 were rejected
     assert sorted(state_of(redis_client, tokens)) == sorted(tokens[1:4])
 
 

@@ -47,7 +47,7 @@ def assert_same_ticks(actual: list[dict[str, object]], expected: list[dict[str, 
 def test_published_message_gives_kiteconnects_ticks(frames: list[bytes]) -> None:
     rows, _ = decode_many(frames)
     received = np.linspace(1.7e9, 1.7e9 + 1, rows.size)
-    message = wire(build_message(BATCH, rows, received))
+    message = wire(build_message(BATCH, rows, received, np.arange(rows.size)))
     assert_same_ticks(to_kite_ticks(message), codec.to_kite_ticks(rows))
 
 
@@ -57,7 +57,7 @@ def test_channel_messages_split_by_mode_and_keep_the_ticks(frames: list[bytes]) 
     rows, _ = decode_many(frames)
     expected = codec.to_kite_ticks(rows)
     received = np.zeros(rows.size)
-    by_mode = channel_messages(BATCH, rows, received)
+    by_mode = channel_messages(BATCH, rows, received, np.arange(rows.size))
     got = []
     for channel, message in by_mode.items():
         ticks = to_kite_ticks(wire(message))
@@ -76,7 +76,9 @@ def test_timestamps_are_ist_aware_datetimes() -> None:
     rows["exchange_timestamp"] = 1_736_137_800
     rows["last_trade_time"] = 1_736_137_799
     decoded, _ = decode_many([encode(rows)])
-    (tick,) = to_kite_ticks(wire(build_message(BATCH, decoded, np.zeros(1))))
+    (tick,) = to_kite_ticks(
+        wire(build_message(BATCH, decoded, np.zeros(1), np.zeros(1, dtype=np.int64)))
+    )
     assert tick["exchange_timestamp"] == dt.datetime(2025, 1, 6, 10, 0, tzinfo=IST)
     assert tick["exchange_timestamp"].utcoffset() == dt.timedelta(hours=5, minutes=30)
     assert isinstance(tick["change"], float)

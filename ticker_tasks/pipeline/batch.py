@@ -123,7 +123,9 @@ class TickPipeline:
                 sample=self._settings.ticks_dead_letter_sample,
                 maxlen=self._settings.ticks_dead_letter_maxlen,
             )
-        published = self._publisher.publish(batch, checked.good, received_at[checked.good_index])
+        published = self._publisher.publish(
+            batch, checked.good, received_at[checked.good_index], checked.good_index
+        )
         return PipelineOutcome(
             good=int(checked.good.size),
             rejected=checked.counts,

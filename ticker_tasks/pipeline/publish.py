@@ -11,11 +11,13 @@ Per batch (after validation) :class:`Publisher` runs one script that atomically
 Message (JSON, one per batch and channel; the channel message holds only its mode's rows)::
 
     {"v": 1, "batch_id": "...", "connection": "ACC:0", "seq": 7, "source": "stream",
-     "received_at": [...one per row...],
+     "received_at": [...one per row...], "packet_index": [...one per row...],
      "columns": {"instrument_token": [...], "mode": ["full", ...], "last_price": [...], ...}}
 
-``columns`` holds :data:`~ticker_tasks.pipeline.columns.MESSAGE_COLUMNS`; depth columns hold
-a 5-element list per row. :func:`schemas.ticks.to_kite_ticks` turns a message into the dicts
+``packet_index`` is each row's position in its decoded batch, so ``(connection, seq,
+packet_index)`` names one tick uniquely (rejected rows leave holes). ``columns`` holds
+:data:`~ticker_tasks.pipeline.columns.MESSAGE_COLUMNS`; depth columns hold a 5-element list
+per row. :func:`schemas.ticks.to_kite_ticks` turns a message into the dicts
 kiteconnect's ``KiteTicker`` yields.
 
 Late joiner (snapshot then stream, no gap, no duplicate):
@@ -52,7 +54,7 @@ from ticker_tasks.pipeline.state import (
     packed_rows,
     row_prefixes,
 )
-from ticker_tasks.pipeline.validate import BatchRef, FloatArray
+from ticker_tasks.pipeline.validate import BatchRef, FloatArray, IntArray
 
 MESSAGE_VERSION: Final = 1
 STREAM_KEY: Final = "ticker_tasks:ticks:stream"
@@ -123,7 +125,9 @@ def _dumps(message: dict[str, Any]) -> str:
     return json.dumps(message, separators=(",", ":"), allow_nan=False)
 
 
-def build_message(batch: BatchRef, rows: Rows, received_at: FloatArray) -> dict[str, Any]:
+def build_message(
+    batch: BatchRef, rows: Rows, received_at: FloatArray, packet_index: IntArray
+) -> dict[str, Any]:
     """The message of ``rows`` (see the module docstring)."""
     return {
         "v": MESSAGE_VERSION,
@@ -132,12 +136,18 @@ def build_message(batch: BatchRef, rows: Rows, received_at: FloatArray) -> dict[
         "seq": batch.seq,
         "source": batch.source,
         "received_at": np.asarray(received_at, dtype=np.float64).tolist(),
+        "packet_index": np.asarray(packet_index, dtype=np.int64).tolist(),
         "columns": columns(rows),
     }
 
 
 def channel_messages(
-    batch: BatchRef, rows: Rows, received_at: FloatArray, *, whole: bool = False
+    batch: BatchRef,
+    rows: Rows,
+    received_at: FloatArray,
+    packet_index: IntArray,
+    *,
+    whole: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """One message per mode present in ``rows``: channel name -> message.
 
@@ -152,7 +162,10 @@ def channel_messages(
             out[CHANNEL.format(mode=mode)] = {}
         elif picked.size:
             out[CHANNEL.format(mode=mode)] = build_message(
-                batch, rows[picked], np.asarray(received_at)[picked]
+                batch,
+                rows[picked],
+                np.asarray(received_at)[picked],
+                np.asarray(packet_index)[picked],
             )
     return out
 
@@ -179,13 +192,20 @@ class Publisher:
         self._dedup_window = dedup_window
         self._script = client.register_script(_APPLY)
 
-    def publish(self, batch: BatchRef, rows: Rows, received_at: FloatArray) -> PublishOutcome:
+    def publish(
+        self,
+        batch: BatchRef,
+        rows: Rows,
+        received_at: FloatArray,
+        packet_index: IntArray | None = None,
+    ) -> PublishOutcome:
         """Merge ``rows`` into the state and publish them, once per ``(connection, seq)``.
 
         Args:
             batch: Identity of the batch.
             rows: Validated rows (nothing is done when empty).
             received_at: Receive time of each row's frame.
+            packet_index: Each row's index in the decoded batch (``0..n-1`` when omitted).
 
         Raises:
             redis.RedisError: Redis is unreachable (the script is atomic: all or nothing).
@@ -193,14 +213,19 @@ class Publisher:
         if rows.size == 0:
             return PublishOutcome(new=False, applied=0)
         received_at = np.asarray(received_at, dtype=np.float64)
-        stream_message = _dumps(build_message(batch, rows, received_at))
+        index = (
+            np.arange(rows.size, dtype=np.int64)
+            if packet_index is None
+            else np.asarray(packet_index, dtype=np.int64)
+        )
+        stream_message = _dumps(build_message(batch, rows, received_at, index))
         channels = channel_messages(
-            batch, rows, received_at, whole=len(np.unique(rows["mode"])) == 1
+            batch, rows, received_at, index, whole=len(np.unique(rows["mode"])) == 1
         )
         per_row = np.empty((rows.size, 4), dtype=object)
         per_row[:, 0] = rows["instrument_token"].astype(np.int64)
         per_row[:, 1] = row_prefixes(rows, received_at)
-        per_row[:, 2] = index_digits(rows.size)
+        per_row[:, 2] = index_digits(index)
         per_row[:, 3] = packed_rows(rows)
         args: list[Any] = [
             batch.seq,

@@ -79,16 +79,27 @@ def batch_suffix(connection: str, seq: int) -> str:
     return connection_digits(connection) + f"{seq:0{_SEQ_DIGITS}d}"
 
 
-def index_digits(count: int) -> npt.NDArray[np.str_]:
-    """Digits of the packet index ``0..count-1``."""
-    return _digits(np.arange(count, dtype=np.int64), _INDEX_DIGITS)
+def index_digits(packet_index: npt.NDArray[np.int64]) -> npt.NDArray[np.str_]:
+    """Digits of each row's packet index (its position in the decoded batch)."""
+    return _digits(np.asarray(packet_index, dtype=np.int64), _INDEX_DIGITS)
 
 
-def order_keys(rows: Rows, received_at: FloatArray, connection: str, seq: int) -> list[str]:
-    """The full order key of each row (what the Lua script builds from its arguments)."""
+def order_keys(
+    rows: Rows,
+    received_at: FloatArray,
+    connection: str,
+    seq: int,
+    packet_index: npt.NDArray[np.int64] | None = None,
+) -> list[str]:
+    """The full order key of each row (what the Lua script builds from its arguments).
+
+    ``packet_index`` defaults to ``0..n-1`` (``rows`` is the whole decoded batch).
+    """
     suffix = batch_suffix(connection, seq)
+    if packet_index is None:
+        packet_index = np.arange(rows.size, dtype=np.int64)
     keys = np.char.add(
-        np.char.add(row_prefixes(rows, received_at), suffix), index_digits(rows.size)
+        np.char.add(row_prefixes(rows, received_at), suffix), index_digits(packet_index)
     )
     return [str(key) for key in keys.tolist()]
 
