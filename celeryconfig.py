@@ -6,6 +6,7 @@ environment and validates it; it opens no connection.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from celery.schedules import crontab
@@ -92,5 +93,11 @@ beat_schedule: dict[str, dict[str, Any]] = {
     "subscriptions-recentre": {
         "task": "ticker_tasks.subscriptions.recentre",
         "schedule": crontab.from_string(_settings.schedule_subscriptions_recentre),
+    },
+    "bars-close": {
+        "task": "ticker_tasks.bars.close",
+        "schedule": timedelta(seconds=_settings.bars_close_interval_s),
+        # A missed run is superseded by the next one.
+        "options": {"expires": _settings.bars_close_interval_s * 2},
     },
 }

@@ -21,6 +21,7 @@ TASK_MODULES = [
     "ticker_tasks.tasks.instruments",
     "ticker_tasks.tasks.backfill",
     "ticker_tasks.tasks.ticks",
+    "ticker_tasks.tasks.bars",
     "ticker_tasks.tasks.orders",
     "ticker_tasks.tasks.subscriptions",
 ]

@@ -23,6 +23,7 @@ QUEUES: tuple[str, ...] = (TICKS, GREEKS, ORDERS, BACKFILL, MAINTENANCE)
 #: stable when modules move.
 ROUTES: dict[str, str] = {
     "ticker_tasks.ticks.*": TICKS,
+    "ticker_tasks.bars.*": TICKS,
     "ticker_tasks.greeks.*": GREEKS,
     "ticker_tasks.orders.*": ORDERS,
     "ticker_tasks.backfill.*": BACKFILL,

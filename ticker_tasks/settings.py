@@ -349,6 +349,28 @@ class Settings(BaseSettings):
         100_000,
         description="Approximate length cap (in batch messages) of the published tick stream.",
     )
+    # --- 1-minute bars ---------------------------------------------------------------------------
+    bars_redis_ttl_s: PositiveInt = Field(
+        7200,
+        description="How long an open or recently closed 1-minute bar stays in Redis; a late "
+        "tick older than this no longer amends its bar.",
+    )
+    bars_close_interval_s: PositiveFloat = Field(
+        5.0, description="How often beat runs the bar closer (seconds)."
+    )
+    bars_close_grace_s: float = Field(
+        3.0,
+        ge=0,
+        description="A minute's bars are closed this many seconds after the minute ends, so "
+        "ticks still in flight are included.",
+    )
+    bars_close_max: PositiveInt = Field(
+        50_000, description="Bars closed by one run of the closer at most (the rest next run)."
+    )
+    bars_stream_maxlen: PositiveInt = Field(
+        100_000,
+        description="Approximate length cap (in messages) of the published closed-bar stream.",
+    )
 
     @field_validator(
         "schedule_instruments_refresh", "schedule_token_check", "schedule_subscriptions_recentre"

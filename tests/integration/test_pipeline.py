@@ -211,49 +211,16 @@ def test_a_subscriber_receives_kiteconnect_ticks(redis_client: redis.Redis) -> N
 
 
 def publish_registry_with(client: redis.Redis, tokens: list[int]) -> None:
-    """Publish a registry version holding the current one plus ``tokens`` (a superset, so
-    other tests reading the registry still find theirs)."""
-    import datetime as dt
-    from decimal import Decimal
+    """Add instruments holding ``tokens`` to the published registry."""
+    from tests.support.instruments import instrument_row, publish_registry_with_rows
 
-    from ticker_tasks.db.models import Instrument
-    from ticker_tasks.errors import NotFound
-    from ticker_tasks.market.registry import (
-        SNAPSHOT_KEY,
-        VERSION_KEY,
-        RegistryCache,
-        _encode,
-        columns_from_instruments,
-    )
-
-    mine = columns_from_instruments(
+    publish_registry_with_rows(
+        client,
         [
-            Instrument(
-                instrument_id=10**9 + (token >> 8),
-                instrument_token=token,
-                exchange_token=token >> 8,
-                exchange="NSE",
-                tradingsymbol=f"PIPE{token}",
-                name="PIPE",
-                segment="NSE",
-                instrument_type="EQ",
-                expiry=dt.date(9999, 12, 31),
-                strike=Decimal(0),
-                tick_size=Decimal("0.05"),
-                lot_size=1,
-                freeze_quantity=None,
-                active=True,
-            )
+            instrument_row(10**9 + (token >> 8), token, f"PIPE{token}", "EQ", exchange="NSE")
             for token in tokens
-        ]
+        ],
     )
-    try:
-        base = RegistryCache(client, check_interval_s=0).current()._c
-        merged = {k: np.concatenate([base[k], mine[k]]) for k in base}
-    except NotFound:
-        merged = mine
-    version = int(client.incr(VERSION_KEY))
-    client.set(SNAPSHOT_KEY.format(version=version), _encode(merged), ex=3600)
 
 
 def wait_for(predicate: Any, timeout_s: float = 60.0) -> None:

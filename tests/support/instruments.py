@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from decimal import Decimal
+
+import numpy as np
+import redis
 
 from ticker_tasks.db.models import NO_EXPIRY, Instrument
 
@@ -36,3 +40,25 @@ def instrument_row(
         freeze_quantity=None,
         active=True,
     )
+
+
+def publish_registry_with_rows(client: redis.Redis, instruments: Sequence[Instrument]) -> None:
+    """Publish a registry version holding the current one plus ``instruments`` (a superset,
+    so other tests reading the registry still find theirs)."""
+    from ticker_tasks.errors import NotFound
+    from ticker_tasks.market.registry import (
+        SNAPSHOT_KEY,
+        VERSION_KEY,
+        RegistryCache,
+        _encode,
+        columns_from_instruments,
+    )
+
+    mine = columns_from_instruments(instruments)
+    try:
+        base = RegistryCache(client, check_interval_s=0).current()._c
+        merged = {k: np.concatenate([base[k], mine[k]]) for k in base}
+    except NotFound:
+        merged = mine
+    version = int(client.incr(VERSION_KEY))
+    client.set(SNAPSHOT_KEY.format(version=version), _encode(merged), ex=3600)

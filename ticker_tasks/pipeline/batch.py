@@ -1,4 +1,4 @@
-"""One tick batch through the pipeline: validate, report rejections, merge state and publish.
+"""One tick batch through the pipeline: validate, report rejections, merge state, publish, bars.
 
 :class:`TickPipeline` holds the per-process pieces (registry cache, calendar, publisher) and is
 built once per process from Settings and a Redis client; ``ticker_tasks.ticks.process_batch``
@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import redis
 
+from ticker_tasks.bars.aggregate import aggregate
+from ticker_tasks.bars.live import BarMerger
 from ticker_tasks.errors import NotFound
 from ticker_tasks.market.calendar import TradingCalendar
 from ticker_tasks.market.registry import RegistryCache
@@ -39,12 +41,14 @@ class PipelineOutcome:
         rejected: Rejected rows per reason.
         published: False when the batch had been published already (or had no good rows).
         applied: Rows that replaced an instrument's state.
+        bars_changed: Open 1-minute bars this delivery changed (0 for a redelivery).
     """
 
     good: int
     rejected: dict[str, int] = field(default_factory=dict)
     published: bool = False
     applied: int = 0
+    bars_changed: int = 0
 
 
 class TickPipeline:
@@ -69,6 +73,7 @@ class TickPipeline:
             stream_maxlen=settings.ticks_stream_maxlen,
             dedup_window=settings.ticks_dedup_window,
         )
+        self._bars = BarMerger(client, ttl_s=settings.bars_redis_ttl_s)
         self._limits = Limits(
             price_tolerance=settings.ticks_price_tolerance,
             clock_skew_s=settings.ticks_clock_skew_s,
@@ -90,7 +95,11 @@ class TickPipeline:
         now: float,
         report: bool = True,
     ) -> PipelineOutcome:
-        """Validate ``rows``, count and sample the rejected ones, merge and publish the rest.
+        """Validate ``rows``, count and sample the rejected ones, merge and publish the rest,
+        and merge them into the open 1-minute bars.
+
+        The bar merge is idempotent and runs on every delivery, so a delivery that published
+        but died before merging its bars completes them when it is redelivered.
 
         Args:
             batch: Identity of the batch.
@@ -123,12 +132,19 @@ class TickPipeline:
                 sample=self._settings.ticks_dead_letter_sample,
                 maxlen=self._settings.ticks_dead_letter_maxlen,
             )
-        published = self._publisher.publish(
-            batch, checked.good, received_at[checked.good_index], checked.good_index
+        good_received = received_at[checked.good_index]
+        published = self._publisher.publish(batch, checked.good, good_received, checked.good_index)
+        partial = aggregate(
+            checked.good,
+            good_received,
+            checked.good_index,
+            connection=batch.connection,
+            seq=batch.seq,
         )
         return PipelineOutcome(
             good=int(checked.good.size),
             rejected=checked.counts,
             published=published.new,
             applied=published.applied,
+            bars_changed=self._bars.merge(partial, source=batch.source),
         )

@@ -250,3 +250,21 @@ class Publisher:
         ]
         new, applied = self._script(keys=keys, args=args)
         return PublishOutcome(new=bool(new), applied=int(applied))
+
+
+def publish_message(
+    client: redis.Redis, *, stream: str, channel: str, message: dict[str, Any], maxlen: int
+) -> None:
+    """Append ``message`` to ``stream`` (``MAXLEN ~``) and publish it on ``channel``, atomically.
+
+    For messages that need no per-batch deduplication (closed bars, see
+    :mod:`ticker_tasks.bars.close`).
+
+    Raises:
+        redis.RedisError: Redis is unreachable.
+    """
+    payload = _dumps(message)
+    pipe = client.pipeline(transaction=True)
+    pipe.xadd(stream, {"m": payload}, maxlen=maxlen, approximate=True)
+    pipe.publish(channel, payload)
+    pipe.execute()

@@ -1,16 +1,16 @@
-"""Tick batch task (queue ``ticks``): ``ticker_tasks.ticks.process_batch``, first version.
+"""Tick batch task (queue ``ticks``): ``ticker_tasks.ticks.process_batch``.
 
 A batch (:class:`schemas.ticks.TickBatch`, sent as msgpack by the streamers) is validated,
 its frames decoded in one vectorized call, and its packets counted **once** per
 ``(connection, seq)``, whatever the number of deliveries (broker redelivery after a crash,
-a streamer resending after a publish timeout or replaying its journal). Later versions merge
-state, build bars and publish; they keep this shape.
+a streamer resending after a publish timeout or replaying its journal).
 
 After counting, the decoded rows go through the tick pipeline
 (:class:`ticker_tasks.pipeline.batch.TickPipeline`): validation (rejections counted in
 ``ticks_rejected{reason}`` and sampled to ``ticker_tasks:ticks:dead_letter``, on the first
 counted delivery only), then one Lua script that merges the latest state and publishes the
-batch once per ``(connection, seq)`` (see :mod:`ticker_tasks.pipeline.publish`).
+batch once per ``(connection, seq)`` (see :mod:`ticker_tasks.pipeline.publish`), and a
+second one that merges the batch into the open 1-minute bars (:mod:`ticker_tasks.bars.live`).
 
 Redis keys (data store):
 
@@ -102,6 +102,7 @@ class BatchOutcome:
     rejected: dict[str, int] = field(default_factory=dict)
     published: bool = False
     applied: int = 0
+    bars_changed: int = 0
 
 
 def count_batch(
@@ -196,6 +197,7 @@ def run_batch(
             "rejected": done.rejected,
             "published": done.published,
             "applied": done.applied,
+            "bars_changed": done.bars_changed,
         }
     )
 
