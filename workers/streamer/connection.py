@@ -405,6 +405,11 @@ class TickerConnection:
             ),
             timeout=self._connect_timeout_s + 1,
         )
+        if self._stopping:
+            # stop() ran while connecting: it saw no socket to close, so close this one here
+            # instead of streaming until the silence watchdog (ticks keep it from firing).
+            await self._close_ws(ws)
+            return
         try:
             async with self._lock:
                 self._ws = ws
@@ -538,17 +543,18 @@ class TickerConnection:
         """Unsubscribe everything and wait until only heartbeats arrive; False on timeout."""
         self._draining = True
         self._quiet_count = 0
-        async with self._lock:
-            ws = self._ws
-            if ws is None or not self._live:
-                return True
-            try:
-                for chunk in _chunks(self._tokens):
-                    await ws.send(json.dumps({"a": "unsubscribe", "v": chunk}))
-            except ConnectionClosed:
-                return True
         try:
-            await asyncio.wait_for(self._quiet.wait(), timeout=timeout_s)
+            async with asyncio.timeout(timeout_s):
+                async with self._lock:
+                    ws = self._ws
+                    if ws is None or not self._live:
+                        return True
+                    try:
+                        for chunk in _chunks(self._tokens):
+                            await ws.send(json.dumps({"a": "unsubscribe", "v": chunk}))
+                    except ConnectionClosed:
+                        return True
+                await self._quiet.wait()
         except TimeoutError:
             return False
         return True
