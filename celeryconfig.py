@@ -94,6 +94,14 @@ beat_schedule: dict[str, dict[str, Any]] = {
         "task": "ticker_tasks.subscriptions.recentre",
         "schedule": crontab.from_string(_settings.schedule_subscriptions_recentre),
     },
+    "candles-completeness": {
+        "task": "ticker_tasks.candles.check_completeness",
+        "schedule": crontab.from_string(_settings.schedule_candles_completeness),
+    },
+    "candles-purge": {
+        "task": "ticker_tasks.candles.purge",
+        "schedule": crontab.from_string(_settings.schedule_candles_purge),
+    },
     "bars-close": {
         "task": "ticker_tasks.bars.close",
         "schedule": timedelta(seconds=_settings.bars_close_interval_s),

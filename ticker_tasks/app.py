@@ -24,6 +24,7 @@ TASK_MODULES = [
     "ticker_tasks.tasks.bars",
     "ticker_tasks.tasks.orders",
     "ticker_tasks.tasks.subscriptions",
+    "ticker_tasks.tasks.candles",
 ]
 
 

@@ -30,6 +30,9 @@ ROUTES: dict[str, str] = {
     "ticker_tasks.instruments.*": MAINTENANCE,
     "ticker_tasks.maintenance.*": MAINTENANCE,
     "ticker_tasks.subscriptions.*": MAINTENANCE,
+    # Spends the historical request budget, like backfill chunks.
+    "ticker_tasks.candles.check_completeness": BACKFILL,
+    "ticker_tasks.candles.*": MAINTENANCE,
 }
 
 

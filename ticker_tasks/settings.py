@@ -8,11 +8,12 @@ line naming the variable, so a bad value never surfaces as a traceback.
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.backfill import Interval
 from ticker_tasks.errors import ConfigError
 
 ENV_PREFIX = "TICKER_"
@@ -139,6 +140,48 @@ class Settings(BaseSettings):
         "request is given up and its range reported as failed; rate-limit waits do not count.",
     )
 
+    # --- candles: completeness check and retention -------------------------------------------
+    completeness_budget_share: float = Field(
+        0.2,
+        gt=0,
+        le=1,
+        description="Share of kite_rate_historical_per_s the completeness check may use: a run "
+        "makes at most floor(share x rate x the cron's slot length in seconds) requests.",
+    )
+    completeness_volume_tolerance: float = Field(
+        0.01,
+        ge=0,
+        description="Relative difference of a stream bar's volume from Kite's minute candle "
+        "within which the bar agrees.",
+    )
+    completeness_price_tolerance: float = Field(
+        0.0001,
+        ge=0,
+        description="Relative difference of a stream bar's high and low from Kite's minute "
+        "candle within which the bar agrees.",
+    )
+    candles_job_max_s: PositiveFloat = Field(
+        60.0,
+        description="Wall-clock budget of one completeness or purge run: no instrument or chunk "
+        "is started after it (below task_soft_time_limit_s); the next run continues.",
+    )
+    candle_retention_days: dict[str, PositiveInt] = Field(
+        {
+            "minute": 400,
+            "3minute": 730,
+            "5minute": 730,
+            "10minute": 730,
+            "15minute": 1825,
+            "30minute": 1825,
+            "60minute": 1825,
+        },
+        description="Days of candles kept per interval (JSON object, replaces the default; "
+        "continuous series '+c' follow their interval); an interval not listed is kept forever.",
+    )
+    candle_purge_chunk_rows: PositiveInt = Field(
+        10_000, description="Candles deleted per transaction by the retention purge."
+    )
+
     # --- beat schedule (cron: minute hour day-of-month month day-of-week, Asia/Kolkata) ------
     schedule_instruments_refresh: str = Field(
         "15 8 * * *",
@@ -154,6 +197,18 @@ class Settings(BaseSettings):
         "* 9-15 * * 1-5",
         description="When beat re-centres option-chain subscriptions on the underlyings' "
         "prices and rolls expired chains (default: every minute of the session hours).",
+        pattern=CRON_PATTERN,
+    )
+    schedule_candles_completeness: str = Field(
+        "*/5 16-23 * * *",
+        description="When beat checks stream bars of the latest session against Kite's minute "
+        "candles (every day, so special weekend sessions are covered; a run with nothing due "
+        "makes no request).",
+        pattern=CRON_PATTERN,
+    )
+    schedule_candles_purge: str = Field(
+        "30 2 * * *",
+        description="When beat deletes candles older than candle_retention_days.",
         pattern=CRON_PATTERN,
     )
 
@@ -373,7 +428,11 @@ class Settings(BaseSettings):
     )
 
     @field_validator(
-        "schedule_instruments_refresh", "schedule_token_check", "schedule_subscriptions_recentre"
+        "schedule_instruments_refresh",
+        "schedule_token_check",
+        "schedule_subscriptions_recentre",
+        "schedule_candles_completeness",
+        "schedule_candles_purge",
     )
     @classmethod
     def _check_cron(cls, value: str) -> str:
@@ -384,6 +443,24 @@ class Settings(BaseSettings):
         except (ParseException, ValueError) as exc:
             raise ValueError(f"not a valid cron expression: {exc}") from None
         return value
+
+    @field_validator("candle_retention_days")
+    @classmethod
+    def _check_retention_intervals(cls, value: dict[str, int]) -> dict[str, int]:
+        known = get_args(Interval)
+        unknown = sorted(set(value) - set(known))
+        if unknown:
+            raise ValueError(f"unknown intervals {unknown}; one of {', '.join(known)}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_candles_job_budget(self) -> Settings:
+        if self.candles_job_max_s >= self.task_soft_time_limit_s:
+            raise ValueError(
+                f"candles_job_max_s ({self.candles_job_max_s}) must be below "
+                f"task_soft_time_limit_s ({self.task_soft_time_limit_s})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_time_budget(self) -> Settings:

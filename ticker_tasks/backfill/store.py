@@ -117,12 +117,19 @@ _PG_UPSERT = text(
 
 
 def upsert_candles(
-    session: Session, instrument_id: int, series: str, candles: Sequence[CandleRow]
+    session: Session,
+    instrument_id: int,
+    series: str,
+    candles: Sequence[CandleRow],
+    *,
+    source: str = SOURCE,
+    quality: str = QUALITY,
 ) -> int:
     """Insert or replace ``candles`` of one series in one bulk statement; returns the count.
 
     PostgreSQL gets one ``INSERT .. SELECT FROM unnest(arrays)`` (column arrays travel as
-    parameters: ~10x faster than a multi-row VALUES list); SQLite an executemany.
+    parameters: ~10x faster than a multi-row VALUES list); SQLite an executemany. ``source``
+    and ``quality`` label the rows (the completeness check writes ``backfilled``).
     """
     if not candles:
         return 0
@@ -134,8 +141,8 @@ def upsert_candles(
             {
                 "instrument_id": instrument_id,
                 "interval": series,
-                "source": SOURCE,
-                "quality": QUALITY,
+                "source": source,
+                "quality": quality,
                 "now": now,
                 "ts": [_utc(c.ts) for c in candles],
                 "open": [c.open for c in candles],
@@ -160,8 +167,8 @@ def upsert_candles(
             "close": c.close,
             "volume": c.volume,
             "oi": c.oi,
-            "source": SOURCE,
-            "quality": QUALITY,
+            "source": source,
+            "quality": quality,
             "gap_seconds": 0,
             "updated_at": now,
         }
