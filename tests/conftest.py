@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from tests.support.services import Service, postgres_for_tests, redis_for_tests
 from ticker_tasks.settings import Settings, load_settings
@@ -73,12 +73,10 @@ def migrated_postgres_url(postgres_url: str) -> str:
 @pytest.fixture
 def db_engine(migrated_postgres_url: str) -> Iterator[Engine]:
     """An engine on the migrated database; every table is emptied after the test."""
-    from ticker_tasks.db.base import Base
+    from tests.support.db import truncate_all
     from ticker_tasks.db.engine import build_engine
 
     engine = build_engine(load_settings(), url=migrated_postgres_url)
     yield engine
-    tables = ", ".join(f'"{table.name}"' for table in Base.metadata.sorted_tables)
-    with engine.begin() as connection:
-        connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    truncate_all(engine)
     engine.dispose()

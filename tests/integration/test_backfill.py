@@ -21,10 +21,11 @@ import pytest
 from alembic.config import Config
 from celery import Celery
 from cryptography.fernet import Fernet
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from alembic import command
+from tests.support.db import truncate_all
 from tests.support.services import Service
 from tests.support.simulator import SimulatorHandle, running_simulator
 from tests.support.workers import celery_worker, producer_app
@@ -33,7 +34,6 @@ from ticker_tasks.backfill import RUN_TASK, cli, store
 from ticker_tasks.backfill.plan import Span, request_window
 from ticker_tasks.backfill.planning import ChunkSpec
 from ticker_tasks.crypto import CredentialCipher
-from ticker_tasks.db.base import Base
 from ticker_tasks.db.engine import build_engine
 from ticker_tasks.db.models import BackfillJob, Instrument
 from ticker_tasks.market.calendar import IST, TradingCalendar
@@ -126,9 +126,7 @@ def _engine(url: str) -> Engine:
 
 
 def _truncate(runtime: Runtime) -> None:
-    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-    with runtime.engine.begin() as connection:
-        connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    truncate_all(runtime.engine)
 
 
 @pytest.fixture(scope="module")

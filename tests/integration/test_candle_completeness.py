@@ -15,6 +15,7 @@ import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import select, text, update
 
+from tests.support.db import truncate_all
 from tests.support.services import Service
 from tests.support.simulator import SimulatorHandle, running_simulator
 from tests.support.workers import celery_worker, producer_app
@@ -31,7 +32,6 @@ from ticker_tasks.bars.completeness import (
 )
 from ticker_tasks.bars.rotation import ROTATION_KEY, Candidate, CheckRotation
 from ticker_tasks.crypto import CredentialCipher
-from ticker_tasks.db.base import Base
 from ticker_tasks.db.models import Candle, FetchedRange, Instrument
 from ticker_tasks.market.calendar import IST, TradingCalendar
 from ticker_tasks.market.calendar import Session as TradingSession
@@ -81,9 +81,7 @@ def _clear(runtime: Runtime) -> None:
 
 
 def _truncate(runtime: Runtime) -> None:
-    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-    with runtime.engine.begin() as connection:
-        connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    truncate_all(runtime.engine)
 
 
 @pytest.fixture(scope="module")

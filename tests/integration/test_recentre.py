@@ -11,14 +11,13 @@ from pathlib import Path
 import pytest
 import redis
 from cryptography.fernet import Fernet
-from sqlalchemy import text
 
+from tests.support.db import truncate_all
 from tests.support.services import Service
 from tests.support.simulator import SimulatorHandle, running_simulator
 from tests.support.workers import celery_worker, producer_app
 from ticker_tasks import accounts
 from ticker_tasks.crypto import CredentialCipher
-from ticker_tasks.db.base import Base
 from ticker_tasks.db.models import Subscription
 from ticker_tasks.locks import SLOT_KEY
 from ticker_tasks.market.calendar import IST
@@ -64,9 +63,7 @@ class FixedPrices:
 
 
 def _truncate(runtime: Runtime) -> None:
-    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-    with runtime.engine.begin() as connection:
-        connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    truncate_all(runtime.engine)
 
 
 @pytest.fixture(scope="module")

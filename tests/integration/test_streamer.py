@@ -26,17 +26,17 @@ import pytest
 import redis
 from alembic.config import Config
 from cryptography.fernet import Fernet
-from sqlalchemy import delete, select, text
+from sqlalchemy import delete, select
 
 from alembic import command
 from schemas.feed import OUTAGES_STREAM, Outage
+from tests.support.db import truncate_all
 from tests.support.services import Service
 from tests.support.simulator import SimulatorHandle, free_port, running_simulator
 from tests.support.tcp_proxy import redis_proxy
 from tests.support.workers import celery_worker
 from ticker_tasks import accounts
 from ticker_tasks.crypto import CredentialCipher
-from ticker_tasks.db.base import Base
 from ticker_tasks.db.models import Account, Instrument, Subscription
 from ticker_tasks.leases import LEASE_KEY
 from ticker_tasks.market.jobs import refresh_instruments
@@ -133,9 +133,7 @@ def stack(
             database_url=migrated_postgres_url, kite_rest_root=sim.rest_url, secret_keys=secret
         )
         runtime = Runtime.build(settings)
-        tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-        with runtime.engine.begin() as connection:
-            connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        truncate_all(runtime.engine)
         cipher = CredentialCipher.from_settings(settings)
         with runtime.sessions.begin() as session:
             accounts.add_account(
@@ -165,8 +163,7 @@ def stack(
                     sim, runtime, cipher, env, [t for t in tokens if t not in CANARIES], tmp
                 )
         finally:
-            with runtime.engine.begin() as connection:
-                connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+            truncate_all(runtime.engine)
             runtime.close()
 
 
