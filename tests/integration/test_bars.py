@@ -24,9 +24,9 @@ from schemas.feed import OUTAGES_STREAM, Outage
 from schemas.ticks import TickBatch
 from tests.support.instruments import instrument_row, publish_registry_with_rows
 from ticker_tasks.bars.aggregate import aggregate
+from ticker_tasks.bars.close import CUM_KEY, BarCloser
 from ticker_tasks.bars.close import STREAM_KEY as BARS_STREAM
-from ticker_tasks.bars.close import BarCloser
-from ticker_tasks.bars.live import BAR_KEY, CUM_KEY, DIRTY_KEY, DIRTY_VERSION_KEY, BarMerger
+from ticker_tasks.bars.live import BAR_KEY, DIRTY_KEY, DIRTY_VERSION_KEY, MINUTES_KEY, BarMerger
 from ticker_tasks.db.models import Candle
 from ticker_tasks.kite.codec import TICK_DTYPE, decode_many, encode
 from ticker_tasks.market.registry import RegistryCache
@@ -214,6 +214,7 @@ def forget(
         members = [f"{minute}:{t}" for t in tokens]
         pipe.zrem(DIRTY_KEY, *members)
         pipe.hdel(DIRTY_VERSION_KEY, *members)
+    pipe.zrem(MINUTES_KEY, *minutes)
     for token in tokens:
         pipe.delete(CUM_KEY.format(token=token))
     pipe.hdel(STATE_ORDER_KEY, *tokens)

@@ -13,15 +13,15 @@ from schemas.ticks import IST, to_kite_ticks
 from tests.unit.test_codec import clean_packet_lists, frame_of
 from ticker_tasks.kite import codec
 from ticker_tasks.kite.codec import TICK_DTYPE, decode_many, encode
-from ticker_tasks.pipeline.publish import build_message, channel_messages
+from ticker_tasks.pipeline.publish import build_message, channel_messages, encode_message
 from ticker_tasks.pipeline.validate import BatchRef
 
 BATCH = BatchRef(batch_id="ab" * 16, connection="ACC:0", seq=3, source="stream")
 
 
 def wire(message: dict[str, object]) -> dict[str, object]:
-    """What a consumer parses: the message through JSON."""
-    parsed: dict[str, object] = json.loads(json.dumps(message, separators=(",", ":")))
+    """What a consumer parses: the message as the publisher encodes it, through JSON."""
+    parsed: dict[str, object] = json.loads(encode_message(message))
     return parsed
 
 

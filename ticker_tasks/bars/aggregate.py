@@ -3,9 +3,10 @@
 A tick belongs to the minute of its tick time (exchange timestamp where the packet has one,
 else the frame's receive time). Per ``(instrument, minute)`` a batch contributes:
 
-- open / close: the price of the row with the smallest / largest order key (the same key the
-  latest state uses: tick time, cumulative volume, receive time, connection, seq, packet
-  index), so the merged bar does not depend on which batch arrived first;
+- open / close: the price of the row with the smallest / largest order key (the latest
+  state's key: tick time, cumulative volume, receive time, connection, seq, packet index;
+  see :mod:`ticker_tasks.pipeline.state`), so the merged bar does not depend on which batch
+  arrived first;
 - high / low: max / min of ``last_price``;
 - the largest and the smallest non-zero cumulative ``volume_traded`` (the bar's volume is
   derived from them when it closes, see :mod:`ticker_tasks.bars.close`);
@@ -21,10 +22,9 @@ from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
-import numpy.typing as npt
 
 from ticker_tasks.pipeline.columns import Rows
-from ticker_tasks.pipeline.state import batch_suffix, index_digits, row_prefixes
+from ticker_tasks.pipeline.state import batch_suffix, index_digits, key_prefixes, micros
 from ticker_tasks.pipeline.validate import FloatArray, IntArray, tick_times
 
 #: Bits of a bar's ``sources`` field: which batch sources contributed ticks.
@@ -53,16 +53,6 @@ class PartialBars:
         return int(self.token.size)
 
 
-def _keys(
-    rows: Rows, received_at: FloatArray, index: IntArray, suffix: str
-) -> npt.NDArray[np.str_]:
-    """Order keys of some rows (see :mod:`ticker_tasks.pipeline.state`)."""
-    keys: npt.NDArray[np.str_] = np.char.add(
-        np.char.add(row_prefixes(rows, received_at), suffix), index_digits(index)
-    )
-    return keys
-
-
 def aggregate(
     rows: Rows,
     received_at: FloatArray,
@@ -83,11 +73,11 @@ def aggregate(
     received_at = np.asarray(received_at, dtype=np.float64)
     packet_index = np.asarray(packet_index, dtype=np.int64)
     times = tick_times(rows, received_at)
-    tick_us = np.rint(times * 1e6).astype(np.int64)
+    tick_us = micros(times)
     minute = (np.floor(times / 60.0) * 60).astype(np.int64)
     token = rows["instrument_token"].astype(np.int64)
     volume = rows["volume_traded"].astype(np.int64)
-    recv_us = np.rint(received_at * 1e6).astype(np.int64)
+    recv_us = micros(received_at)
     # Grouped by (token, minute), each group ascending by the order key.
     order = np.lexsort((packet_index, recv_us, volume, tick_us, minute, token))
     s_token, s_minute = token[order], minute[order]
@@ -120,10 +110,17 @@ def aggregate(
     oi_pos = np.maximum.reduceat(np.where(s_oi > 0, positions, -1), starts)
     has_oi = oi_pos >= 0
 
-    suffix = batch_suffix(connection, seq)
     edge = np.concatenate([starts, ends, oi_pos[has_oi]])
     picked = order[edge]
-    keys = _keys(rows[picked], received_at[picked], packet_index[picked], suffix).tolist()
+    suffix = batch_suffix(connection, seq)
+    keys = [
+        prefix + suffix + index
+        for prefix, index in zip(
+            key_prefixes(tick_us[picked], volume[picked], recv_us[picked]),
+            index_digits(packet_index[picked]),
+            strict=True,
+        )
+    ]
     groups = starts.size
     oi_keys = [""] * groups
     for slot, key in zip(np.flatnonzero(has_oi).tolist(), keys[2 * groups :], strict=True):

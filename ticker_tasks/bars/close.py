@@ -1,17 +1,23 @@
-"""The bar closer: turns changed bars of finished minutes into ``candles`` rows and messages.
+"""The bar closer: turns bars of finished minutes into ``candles`` rows and messages.
 
 One run (the beat task ``ticker_tasks.bars.close``, every ``TICKER_BARS_CLOSE_INTERVAL_S``):
 
 1. Outages appended to ``ticker_tasks:feed:outages`` since the last run (cursor
-   :data:`OUTAGE_CURSOR_KEY`) mark the bars they overlap as changed, so a bar closed before
-   its outage was reported is closed again with its gap.
-2. Changed bars whose minute ended ``TICKER_BARS_CLOSE_GRACE_S`` ago or more (at most
-   ``TICKER_BARS_CLOSE_MAX``) are read with their instrument's previous cumulative volume and
-   the outages overlapping them, and closed: volume, gap seconds and quality
-   (:mod:`ticker_tasks.bars.closing`).
-3. They are upserted into ``candles`` (:mod:`ticker_tasks.bars.candles`), then published as
-   one message on :data:`CHANNEL` and :data:`STREAM_KEY`.
-4. Each bar's change marker is removed only if the bar did not change meanwhile.
+   :data:`OUTAGE_CURSOR_KEY`) mark the already closed bars they overlap as changed, so a bar
+   closed before its outage was reported is closed again with its gap.
+2. Minutes in ``ticker_tasks:bars:minutes`` that ended ``TICKER_BARS_CLOSE_GRACE_S`` ago or
+   more are taken in order: the watermark ``ticker_tasks:bars:closed_through`` moves to the
+   minute and its bars are read in one atomic step, so a tick merged later is *late* and marks
+   its bar changed (:mod:`ticker_tasks.bars.live`). Changed (late) bars are taken too, with
+   the instrument's next closed bar, whose volume depends on them. At most about
+   ``TICKER_BARS_CLOSE_MAX`` bars per run.
+3. Each instrument's cumulative volume at the end of each closed minute is recorded in
+   :data:`CUM_KEY` (``ticker_tasks:bars:cum:{token}``, sorted set, score = minute, member =
+   ``minute:volume``); a bar's volume is its cumulative volume minus the previous closed
+   minute's. Gap seconds and quality follow :mod:`ticker_tasks.bars.closing`.
+4. The bars are upserted into ``candles`` (:mod:`ticker_tasks.bars.candles`), published as
+   one message on :data:`CHANNEL` and :data:`STREAM_KEY`, and only then removed from the
+   minutes to close; a changed bar's marker is removed only if it did not change meanwhile.
 
 A crash between steps repeats them on the next run: the upsert is idempotent and a bar may be
 published twice (consumers keep the newest message per ``(instrument_token, ts)``).
@@ -41,9 +47,10 @@ from ticker_tasks.bars.candles import INTERVAL, ClosedBar, upsert_stream_bars
 from ticker_tasks.bars.closing import BAR_SECONDS, OutageWindows, bar_volume, quality
 from ticker_tasks.bars.live import (
     BAR_KEY,
-    CUM_KEY,
     DIRTY_KEY,
     DIRTY_VERSION_KEY,
+    MINUTES_KEY,
+    WATERMARK_KEY,
     LiveBar,
     read_bars,
 )
@@ -56,8 +63,16 @@ log = logging.getLogger(__name__)
 STREAM_KEY: Final = "ticker_tasks:bars:stream"
 CHANNEL: Final = "ticker_tasks:bars:1m"
 OUTAGE_CURSOR_KEY: Final = "ticker_tasks:bars:outages:cursor"
+CUM_KEY: Final = "ticker_tasks:bars:cum:{token}"
 MESSAGE_VERSION: Final = 1
 _OUTAGE_PAGE: Final = 1_000
+
+# KEYS: watermark, bar hash. ARGV: minute.
+_TAKE_MINUTE: Final = """
+local held = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > held then redis.call('SET', KEYS[1], ARGV[1]) end
+return redis.call('HGETALL', KEYS[2])
+"""
 
 # KEYS: dirty, dirty version. ARGV: member, version pairs.
 _CLEAR: Final = """
@@ -78,6 +93,7 @@ class CloseOutcome:
     """What one closer run did."""
 
     closed: int = 0
+    late: int = 0
     unmapped: int = 0
     outages: int = 0
     remaining: int = 0
@@ -110,6 +126,7 @@ class BarCloser:
         self._ttl_s = ttl_s
         self._stream_maxlen = stream_maxlen
         self._clear = client.register_script(_CLEAR)
+        self._take_minute = client.register_script(_TAKE_MINUTE)
 
     def run(self, now: float) -> CloseOutcome:
         """Close what is due at ``now`` (epoch seconds).
@@ -121,15 +138,17 @@ class BarCloser:
         """
         outages = self._mark_outages(now)
         cutoff = now - BAR_SECONDS - self._grace_s
+        bars: dict[tuple[int, int], LiveBar] = {}
+        minutes = self._take_minutes(cutoff, bars)
         members: Any = self._client.zrangebyscore(
             DIRTY_KEY, "-inf", cutoff, start=0, num=self._max_bars
         )
-        if not members:
-            return CloseOutcome(outages=outages)
-        versions: Any = self._client.hmget(DIRTY_VERSION_KEY, members)
-        pairs = [_member(m) for m in members]
-        bars = read_bars(self._client, pairs)
-        closed, unmapped = self._close(list(bars.values()))
+        versions: Any = self._client.hmget(DIRTY_VERSION_KEY, members) if members else []
+        late = read_bars(self._client, [_member(m) for m in members])
+        bars.update(late)
+        self._record_volumes(list(bars.values()), now)
+        bars.update(read_bars(self._client, self._next_closed(list(late.values()))))
+        closed, unmapped = self._close(sorted(bars.values(), key=lambda b: (b.minute, b.token)))
         if closed:
             with self._sessions() as session, session.begin():
                 upsert_stream_bars(session, closed)
@@ -140,18 +159,71 @@ class BarCloser:
                 message=_message(closed),
                 maxlen=self._stream_maxlen,
             )
-        args: list[Any] = []
-        for member, version in zip(members, versions, strict=True):
-            args.extend((member, version if version is not None else b""))
-        self._clear(keys=[DIRTY_KEY, DIRTY_VERSION_KEY], args=args)
+        if minutes:
+            self._client.zrem(MINUTES_KEY, *minutes)
+        if members:
+            args: list[Any] = []
+            for member, version in zip(members, versions, strict=True):
+                args.extend((member, version if version is not None else b""))
+            self._clear(keys=[DIRTY_KEY, DIRTY_VERSION_KEY], args=args)
         metrics = Metrics(self._client)
         metrics.incr("bars_closed", len(closed))
         if unmapped:
             metrics.incr("bars_unmapped", unmapped)
-        remaining = int(self._client.zcount(DIRTY_KEY, "-inf", cutoff))
+        pipe = self._client.pipeline(transaction=False)
+        pipe.zcount(MINUTES_KEY, "-inf", cutoff)
+        pipe.zcount(DIRTY_KEY, "-inf", cutoff)
+        remaining = sum(int(count) for count in pipe.execute())
         return CloseOutcome(
-            closed=len(closed), unmapped=unmapped, outages=outages, remaining=remaining
+            closed=len(closed),
+            late=len(late),
+            unmapped=unmapped,
+            outages=outages,
+            remaining=remaining,
         )
+
+    def _take_minutes(self, cutoff: float, into: dict[tuple[int, int], LiveBar]) -> list[int]:
+        """Read the bars of due minutes, oldest first, moving the watermark to each."""
+        due: Any = self._client.zrangebyscore(MINUTES_KEY, "-inf", cutoff)
+        taken: list[int] = []
+        for raw in due:
+            if len(into) >= self._max_bars:
+                break
+            minute = int(raw)
+            held: Any = self._take_minute(
+                keys=[WATERMARK_KEY, BAR_KEY.format(minute=minute)], args=[minute]
+            )
+            for token, value in zip(held[0::2], held[1::2], strict=True):
+                into[(minute, int(token))] = LiveBar.parse(minute, int(token), value)
+            taken.append(minute)
+        return taken
+
+    def _record_volumes(self, bars: list[LiveBar], now: float) -> None:
+        """Record each bar's cumulative volume as its instrument's volume at that minute."""
+        horizon = f"({int(now) - self._ttl_s}"
+        pipe = self._client.pipeline(transaction=False)
+        for bar in bars:
+            key = CUM_KEY.format(token=bar.token)
+            pipe.zremrangebyscore(key, bar.minute, bar.minute)
+            pipe.zadd(key, {f"{bar.minute}:{bar.volume_max}": bar.minute})
+            pipe.zremrangebyscore(key, "-inf", horizon)
+            pipe.expire(key, self._ttl_s)
+        pipe.execute()
+
+    def _next_closed(self, bars: list[LiveBar]) -> list[tuple[int, int]]:
+        """The next closed minute of each bar's instrument (its volume depends on the bar)."""
+        if not bars:
+            return []
+        pipe = self._client.pipeline(transaction=False)
+        for bar in bars:
+            pipe.zrangebyscore(
+                CUM_KEY.format(token=bar.token), f"({bar.minute}", "+inf", start=0, num=1
+            )
+        out: list[tuple[int, int]] = []
+        for bar, found in zip(bars, pipe.execute(), strict=True):
+            if found:
+                out.append((int(found[0].decode().split(":")[0]), bar.token))
+        return out
 
     def _close(self, bars: list[LiveBar]) -> tuple[list[ClosedBar], int]:
         if not bars:

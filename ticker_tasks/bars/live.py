@@ -1,22 +1,22 @@
 """Open 1-minute bars in Redis, merged from partial bars in one Lua round trip per batch.
 
-Keys (a single Redis instance: the script touches keys derived from its arguments):
+Keys (a single Redis instance):
 
 - :data:`BAR_KEY` ``ticker_tasks:bars:1m:{minute}`` (hash, field = instrument token, value =
-  ``open_key|open|close_key|close|high|low|volume_max|volume_min|oi_key|oi|sources``), expiring
-  ``TICKER_BARS_REDIS_TTL_S`` after its first bar;
-- :data:`CUM_KEY` ``ticker_tasks:bars:cum:{token}`` (sorted set, score = minute, member =
-  ``minute:volume_max``): the cumulative volume at the end of each recent minute, from which a
-  closed bar's volume is derived;
-- :data:`DIRTY_KEY` ``ticker_tasks:bars:dirty`` (sorted set, score = minute, member =
-  ``minute:token``) and :data:`DIRTY_VERSION_KEY` ``ticker_tasks:bars:dirty:version`` (hash,
-  same member -> change counter): bars changed since they were last closed. The closer removes
-  a member only if its counter did not move while it was closing it.
+  msgpack array ``[open_key, open, close_key, close, high, low, volume_max, volume_min,
+  oi_key, oi, sources]``), expiring ``TICKER_BARS_REDIS_TTL_S`` after its first bar;
+- :data:`MINUTES_KEY` ``ticker_tasks:bars:minutes`` (sorted set, score = member = minute):
+  minutes with bars not closed yet;
+- :data:`WATERMARK_KEY` ``ticker_tasks:bars:closed_through``: the newest minute the closer has
+  started closing. A merge into a minute at or before it is *late*: the bar is marked in
+  :data:`DIRTY_KEY` ``ticker_tasks:bars:dirty`` (sorted set, score = minute, member =
+  ``minute:token``) with a change counter in :data:`DIRTY_VERSION_KEY`
+  ``ticker_tasks:bars:dirty:version``, and the closer closes it again.
 
-A merge that changes nothing (a redelivered batch) writes nothing and marks nothing. When a
-minute's cumulative volume grows, the instrument's next recorded minute is marked too: its
-volume depends on it. Prices are kept as the strings the worker sent (``repr`` of the float),
-compared numerically, so no precision is lost in Lua.
+The payload travels as one msgpack blob (prices as IEEE doubles, exact); the merged record
+is packed with Redis' ``cmsgpack``. A merge that changes nothing (a redelivered batch) writes
+nothing and marks nothing. Every field is a min or max over a total order, so the result is
+the same whatever the order or number of merges.
 """
 
 from __future__ import annotations
@@ -25,70 +25,77 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
+import msgpack  # type: ignore[import-untyped]
 import numpy as np
 import redis
 
 from ticker_tasks.bars.aggregate import SOURCE_BITS, PartialBars
 
 BAR_KEY: Final = "ticker_tasks:bars:1m:{minute}"
-CUM_KEY: Final = "ticker_tasks:bars:cum:{token}"
+MINUTES_KEY: Final = "ticker_tasks:bars:minutes"
+WATERMARK_KEY: Final = "ticker_tasks:bars:closed_through"
 DIRTY_KEY: Final = "ticker_tasks:bars:dirty"
 DIRTY_VERSION_KEY: Final = "ticker_tasks:bars:dirty:version"
-_CUM_PREFIX: Final = CUM_KEY.removesuffix("{token}")
-_PER_BAR: Final = 13
 
-# KEYS: dirty, dirty version, bar hash 1..k. ARGV: ttl, source bit, cum prefix, then 13 per
-# bar: key slot, minute, token, open_key, open, close_key, close, high, low, vmax, vmin,
-# oi_key, oi.
+# KEYS: minutes, dirty, dirty version, watermark, bar hash 1..k.
+# ARGV: ttl, source bit, payload (msgpack: slot, token, open_key, open, close_key, close,
+#       high, low, vmax, vmin, oi_key, oi; one array each), minute 1..k.
 _MERGE: Final = """
 local ttl = tonumber(ARGV[1])
 local src = tonumber(ARGV[2])
-local cum_prefix = ARGV[3]
+local p = cmsgpack.unpack(ARGV[3])
+local watermark = tonumber(redis.call('GET', KEYS[4]) or '0')
+local slots, tokens = p[1], p[2]
+local by_slot = {}
+for i = 1, #tokens do
+  local group = by_slot[slots[i]]
+  if not group then group = {}; by_slot[slots[i]] = group end
+  group[#group + 1] = i
+end
 local changed = 0
-local function split(s)
-  local t = {}
-  for f in string.gmatch(s .. '|', '([^|]*)|') do t[#t + 1] = f end
-  return t
-end
-local function mark(minute, token)
-  local member = minute .. ':' .. token
-  redis.call('ZADD', KEYS[1], minute, member)
-  redis.call('HINCRBY', KEYS[2], member, 1)
-end
-for i = 4, #ARGV, 13 do
-  local hkey = KEYS[tonumber(ARGV[i])]
-  local minute, token = ARGV[i + 1], ARGV[i + 2]
-  local new = {ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8],
-               ARGV[i + 9], ARGV[i + 10], ARGV[i + 11], ARGV[i + 12], tostring(src)}
-  local cur = redis.call('HGET', hkey, token)
-  local old_vmax = -1
-  if cur then
-    local t = split(cur)
-    old_vmax = tonumber(t[7])
-    if t[1] < new[1] then new[1] = t[1]; new[2] = t[2] end
-    if t[3] > new[3] then new[3] = t[3]; new[4] = t[4] end
-    if tonumber(t[5]) > tonumber(new[5]) then new[5] = t[5] end
-    if tonumber(t[6]) < tonumber(new[6]) then new[6] = t[6] end
-    if tonumber(t[7]) > tonumber(new[7]) then new[7] = t[7] end
-    local held, got = tonumber(t[8]), tonumber(new[8])
-    if got == 0 or (held > 0 and held < got) then new[8] = t[8] end
-    if t[9] > new[9] then new[9] = t[9]; new[10] = t[10] end
-    new[11] = tostring(bit.bor(tonumber(t[11]), src))
-  end
-  local value = table.concat(new, '|')
-  if value ~= cur then
-    redis.call('HSET', hkey, token, value)
-    if not cur then redis.call('EXPIRE', hkey, ttl, 'NX') end
-    mark(minute, token)
-    changed = changed + 1
-    if tonumber(new[7]) > old_vmax then
-      local cum = cum_prefix .. token
-      redis.call('ZREMRANGEBYSCORE', cum, minute, minute)
-      redis.call('ZADD', cum, minute, minute .. ':' .. new[7])
-      redis.call('ZREMRANGEBYSCORE', cum, '-inf', '(' .. (tonumber(minute) - ttl))
-      redis.call('EXPIRE', cum, ttl)
-      local nxt = redis.call('ZRANGEBYSCORE', cum, '(' .. minute, '+inf', 'LIMIT', 0, 1)
-      if #nxt > 0 then mark(string.match(nxt[1], '^(%d+):'), token) end
+for slot, rows in pairs(by_slot) do
+  local hkey = KEYS[4 + slot]
+  local minute = ARGV[3 + slot]
+  local late = tonumber(minute) <= watermark
+  for first = 1, #rows, 500 do
+    local last = math.min(first + 499, #rows)
+    local fields = {}
+    for k = first, last do fields[#fields + 1] = tokens[rows[k]] end
+    local held = redis.call('HMGET', hkey, unpack(fields))
+    local out = {}
+    for k = first, last do
+      local i = rows[k]
+      local b = {p[3][i], p[4][i], p[5][i], p[6][i], p[7][i], p[8][i], p[9][i], p[10][i],
+                 p[11][i], p[12][i], src}
+      local cur = held[k - first + 1]
+      if cur then
+        local t = cmsgpack.unpack(cur)
+        if t[1] < b[1] then b[1] = t[1]; b[2] = t[2] end
+        if t[3] > b[3] then b[3] = t[3]; b[4] = t[4] end
+        if t[5] > b[5] then b[5] = t[5] end
+        if t[6] < b[6] then b[6] = t[6] end
+        if t[7] > b[7] then b[7] = t[7] end
+        if b[8] == 0 or (t[8] > 0 and t[8] < b[8]) then b[8] = t[8] end
+        if t[9] > b[9] then b[9] = t[9]; b[10] = t[10] end
+        b[11] = bit.bor(t[11], src)
+      end
+      local value = cmsgpack.pack(b)
+      if value ~= cur then
+        local token = fields[k - first + 1]
+        out[#out + 1] = token
+        out[#out + 1] = value
+        changed = changed + 1
+        if late then
+          local member = minute .. ':' .. string.format('%d', token)
+          redis.call('ZADD', KEYS[2], minute, member)
+          redis.call('HINCRBY', KEYS[3], member, 1)
+        end
+      end
+    end
+    if #out > 0 then
+      redis.call('HSET', hkey, unpack(out))
+      redis.call('EXPIRE', hkey, ttl, 'NX')
+      if not late then redis.call('ZADD', KEYS[1], minute, minute) end
     end
   end
 end
@@ -98,7 +105,7 @@ return changed
 
 @dataclass(frozen=True)
 class LiveBar:
-    """A bar as held in Redis (see the module docstring for the field meanings)."""
+    """A bar as held in Redis (see :mod:`ticker_tasks.bars.aggregate` for the fields)."""
 
     minute: int
     token: int
@@ -115,28 +122,30 @@ class LiveBar:
     sources: int
 
     @classmethod
-    def parse(cls, minute: int, token: int, value: bytes | str) -> LiveBar:
+    def parse(cls, minute: int, token: int, value: bytes) -> LiveBar:
         """Parse a stored value.
 
         Raises:
             ValueError: The value is not a bar record.
         """
-        text = value.decode() if isinstance(value, bytes) else value
-        parts = text.split("|")
-        if len(parts) != 11:
-            raise ValueError(f"not a bar record: {text[:80]!r}")
+        try:
+            parts = msgpack.unpackb(value, raw=False)
+        except (msgpack.UnpackException, ValueError) as exc:
+            raise ValueError(f"not a bar record: {value[:40]!r}") from exc
+        if not isinstance(parts, list) or len(parts) != 11:
+            raise ValueError(f"not a bar record: {value[:40]!r}")
         return cls(
             minute=minute,
             token=token,
-            open_key=parts[0],
+            open_key=str(parts[0]),
             open=float(parts[1]),
-            close_key=parts[2],
+            close_key=str(parts[2]),
             close=float(parts[3]),
             high=float(parts[4]),
             low=float(parts[5]),
             volume_max=int(parts[6]),
             volume_min=int(parts[7]),
-            oi_key=parts[8],
+            oi_key=str(parts[8]),
             oi=int(parts[9]),
             sources=int(parts[10]),
         )
@@ -158,24 +167,27 @@ class BarMerger:
         if len(bars) == 0:
             return 0
         minutes, slot = np.unique(bars.minute, return_inverse=True)
-        keys = [DIRTY_KEY, DIRTY_VERSION_KEY]
-        keys.extend(BAR_KEY.format(minute=int(m)) for m in minutes.tolist())
-        per_bar = np.empty((len(bars), _PER_BAR), dtype=object)
-        per_bar[:, 0] = (slot.reshape(-1) + 3).tolist()
-        per_bar[:, 1] = bars.minute.tolist()
-        per_bar[:, 2] = bars.token.tolist()
-        per_bar[:, 3] = bars.open_key
-        per_bar[:, 4] = [repr(v) for v in bars.open.tolist()]
-        per_bar[:, 5] = bars.close_key
-        per_bar[:, 6] = [repr(v) for v in bars.close.tolist()]
-        per_bar[:, 7] = [repr(v) for v in bars.high.tolist()]
-        per_bar[:, 8] = [repr(v) for v in bars.low.tolist()]
-        per_bar[:, 9] = bars.volume_max.tolist()
-        per_bar[:, 10] = bars.volume_min.tolist()
-        per_bar[:, 11] = bars.oi_key
-        per_bar[:, 12] = bars.oi.tolist()
-        args: list[Any] = [self._ttl_s, SOURCE_BITS[source], _CUM_PREFIX]
-        args.extend(per_bar.reshape(-1).tolist())
+        payload = msgpack.packb(
+            [
+                (slot.reshape(-1) + 1).tolist(),
+                bars.token.tolist(),
+                bars.open_key,
+                bars.open.tolist(),
+                bars.close_key,
+                bars.close.tolist(),
+                bars.high.tolist(),
+                bars.low.tolist(),
+                bars.volume_max.tolist(),
+                bars.volume_min.tolist(),
+                bars.oi_key,
+                bars.oi.tolist(),
+            ],
+            use_bin_type=True,
+        )
+        minute_list = [int(m) for m in minutes.tolist()]
+        keys = [MINUTES_KEY, DIRTY_KEY, DIRTY_VERSION_KEY, WATERMARK_KEY]
+        keys.extend(BAR_KEY.format(minute=m) for m in minute_list)
+        args: list[Any] = [self._ttl_s, SOURCE_BITS[source], payload, *minute_list]
         return int(self._script(keys=keys, args=args))
 
 

@@ -58,6 +58,18 @@ def mode_names(rows: Rows) -> npt.NDArray[np.object_]:
     return names
 
 
+def column_arrays(rows: Rows) -> dict[str, Any]:
+    """Every message column of ``rows`` as contiguous numpy arrays (``mode`` as a list of
+    strings), for a serializer that writes numpy arrays directly (``orjson``)."""
+    out: dict[str, Any] = {}
+    for name in MESSAGE_COLUMNS:
+        if name == "mode":
+            out[name] = mode_names(rows).tolist()
+        else:
+            out[name] = np.ascontiguousarray(rows[name])
+    return out
+
+
 def columns(rows: Rows) -> dict[str, list[Any]]:
     """Every message column of ``rows`` as plain Python lists (JSON-ready).
 

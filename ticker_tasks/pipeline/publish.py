@@ -38,20 +38,20 @@ Pub/sub subscribers get the same messages live but with no replay; use the strea
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Final
 
+import msgpack  # type: ignore[import-untyped]
 import numpy as np
+import orjson
 import redis
 
-from ticker_tasks.pipeline.columns import Rows, columns, mode_names
+from ticker_tasks.pipeline.columns import Rows, column_arrays, mode_names
 from ticker_tasks.pipeline.state import (
     STATE_ORDER_KEY,
     STATE_ROWS_KEY,
     batch_suffix,
     index_digits,
-    packed_rows,
     row_prefixes,
 )
 from ticker_tasks.pipeline.validate import BatchRef, FloatArray, IntArray
@@ -66,7 +66,8 @@ MODES: Final = ("ltp", "quote", "full")
 
 # KEYS: published, state order, state rows, stream, channel 1..n.
 # ARGV: seq, window, ttl, maxlen, stream message, batch suffix, n, channel message 1..n,
-#       then 4 per row: token, prefix, index, packed row.
+#       then rows (msgpack: tokens, key prefixes, index digits), packed rows (concatenated),
+#       row size. (Three arguments rather than four per row: per-argument overhead dominates.)
 _APPLY: Final = """
 if redis.call('ZADD', KEYS[1], 'NX', ARGV[1], ARGV[1]) == 0 then
   return {0, 0}
@@ -77,16 +78,19 @@ local n = tonumber(ARGV[7])
 local suffix = ARGV[6]
 -- Newest row of each token within the batch.
 local best, value, tokens = {}, {}, {}
-for i = 8 + n, #ARGV, 4 do
-  local token = ARGV[i]
-  local key = ARGV[i + 1] .. suffix .. ARGV[i + 2]
+local rows = cmsgpack.unpack(ARGV[8 + n])
+local packed, size = ARGV[9 + n], tonumber(ARGV[10 + n])
+local row_tokens, prefixes, indexes = rows[1], rows[2], rows[3]
+for i = 1, #row_tokens do
+  local token = row_tokens[i]
+  local key = prefixes[i] .. suffix .. indexes[i]
   local seen = best[token]
   if not seen then
     tokens[#tokens + 1] = token
   end
   if (not seen) or key > seen then
     best[token] = key
-    value[token] = ARGV[i + 3]
+    value[token] = string.sub(packed, (i - 1) * size + 1, i * size)
   end
 end
 -- Compare with the state held, in chunks (Lua's unpack has a stack limit).
@@ -121,8 +125,9 @@ return {1, applied}
 """
 
 
-def _dumps(message: dict[str, Any]) -> str:
-    return json.dumps(message, separators=(",", ":"), allow_nan=False)
+def encode_message(message: dict[str, Any]) -> bytes:
+    """Compact JSON (numpy columns written directly by ``orjson``)."""
+    return orjson.dumps(message, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def build_message(
@@ -135,9 +140,9 @@ def build_message(
         "connection": batch.connection,
         "seq": batch.seq,
         "source": batch.source,
-        "received_at": np.asarray(received_at, dtype=np.float64).tolist(),
-        "packet_index": np.asarray(packet_index, dtype=np.int64).tolist(),
-        "columns": columns(rows),
+        "received_at": np.ascontiguousarray(received_at, dtype=np.float64),
+        "packet_index": np.ascontiguousarray(packet_index, dtype=np.int64),
+        "columns": column_arrays(rows),
     }
 
 
@@ -218,15 +223,17 @@ class Publisher:
             if packet_index is None
             else np.asarray(packet_index, dtype=np.int64)
         )
-        stream_message = _dumps(build_message(batch, rows, received_at, index))
+        stream_message = encode_message(build_message(batch, rows, received_at, index))
         channels = channel_messages(
             batch, rows, received_at, index, whole=len(np.unique(rows["mode"])) == 1
         )
-        per_row = np.empty((rows.size, 4), dtype=object)
-        per_row[:, 0] = rows["instrument_token"].astype(np.int64)
-        per_row[:, 1] = row_prefixes(rows, received_at)
-        per_row[:, 2] = index_digits(index)
-        per_row[:, 3] = packed_rows(rows)
+        per_row = msgpack.packb(
+            [
+                rows["instrument_token"].astype(np.int64).tolist(),
+                row_prefixes(rows, received_at),
+                index_digits(index),
+            ]
+        )
         args: list[Any] = [
             batch.seq,
             self._dedup_window,
@@ -236,11 +243,11 @@ class Publisher:
             batch_suffix(batch.connection, batch.seq),
             len(channels),
             *[
-                stream_message if len(channels) == 1 else _dumps(message)
+                stream_message if len(channels) == 1 else encode_message(message)
                 for message in channels.values()
             ],
         ]
-        args.extend(per_row.reshape(-1).tolist())
+        args.extend((per_row, np.ascontiguousarray(rows).tobytes(), rows.dtype.itemsize))
         keys = [
             PUBLISHED_KEY.format(connection=batch.connection),
             STATE_ORDER_KEY,
@@ -263,7 +270,7 @@ def publish_message(
     Raises:
         redis.RedisError: Redis is unreachable.
     """
-    payload = _dumps(message)
+    payload = encode_message(message)
     pipe = client.pipeline(transaction=True)
     pipe.xadd(stream, {"m": payload}, maxlen=maxlen, approximate=True)
     pipe.publish(channel, payload)

@@ -9,13 +9,14 @@ Layout (two hashes, field = ``instrument_token`` in decimal):
 
 "Newer" is the tuple ``(tick time, cumulative volume, receive time, connection, seq, packet
 index)`` compared lexicographically, where the tick time is the exchange timestamp when the
-packet has one, else the frame's receive time. :func:`order_keys` encodes that tuple as a
-fixed-width **all-digit** string (times in microseconds, 17 digits; volume 20 digits;
-connection as 3 decimal digits per UTF-8 byte padded to 64 bytes; seq 19 digits; index 9
-digits), so the Lua script compares tuples with one string comparison. Digits only matter:
-Redis' Lua compares strings with ``strcoll``, and equal-length digit strings order the same in
-every locale. Every row of every batch has a distinct key, so the merge is a max over a total
-order: the same state whatever the order or number of deliveries.
+packet has one, else the frame's receive time. :func:`order_keys` encodes that tuple as an
+80-character **all-digit** string (times in microseconds, 16 digits each; volume 13 digits;
+the connection as the CRC-32 of its name, 10 digits; seq 19 digits; packet index 6 digits),
+so the Lua scripts compare tuples with one string comparison. Digits only matter: Redis' Lua
+compares strings with ``strcoll``, and equal-length digit strings order the same in every
+locale. Every row of every batch has a distinct key (two connections whose names share a
+CRC-32 would also need the same seq, tick time, volume and receive time to tie), so the merge
+is a max over a total order: the same state whatever the order or number of deliveries.
 
 The merge runs in the same Lua script as the publication (see
 :mod:`ticker_tasks.pipeline.publish`), one round trip per batch.
@@ -23,6 +24,7 @@ The merge runs in the same Lua script as the publication (see
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from typing import Final
 
@@ -37,51 +39,54 @@ from ticker_tasks.pipeline.validate import FloatArray, tick_times
 STATE_ORDER_KEY: Final = "ticker_tasks:state:order"
 STATE_ROWS_KEY: Final = "ticker_tasks:state:rows"
 
-CONNECTION_BYTES: Final = 64
-_TIME_DIGITS: Final = 17
-_VOLUME_DIGITS: Final = 20
+_TIME_DIGITS: Final = 16
+_VOLUME_DIGITS: Final = 13
 _SEQ_DIGITS: Final = 19
-_INDEX_DIGITS: Final = 9
+_INDEX_DIGITS: Final = 6
 _ROW_VOID: Final = np.dtype((np.void, TICK_DTYPE.itemsize))
 
 
-def _digits(values: npt.NDArray[np.int64], width: int) -> npt.NDArray[np.str_]:
-    """Zero-padded decimal strings of non-negative integers (vectorized)."""
-    clipped = np.clip(values, 0, 10**width - 1) if width < 19 else np.maximum(values, 0)
-    text: npt.NDArray[np.str_] = np.char.zfill(clipped.astype(np.int64).astype(str), width)
-    return text
+def _clipped(values: npt.NDArray[np.int64], width: int) -> list[int]:
+    """Values clipped to ``[0, 10**width - 1]`` as Python ints."""
+    clipped: list[int] = np.clip(np.asarray(values, dtype=np.int64), 0, 10**width - 1).tolist()
+    return clipped
 
 
-def _micros(seconds: FloatArray) -> npt.NDArray[np.int64]:
-    micros: npt.NDArray[np.int64] = np.rint(np.asarray(seconds) * 1e6).astype(np.int64)
-    return micros
+def micros(seconds: FloatArray) -> npt.NDArray[np.int64]:
+    """Epoch seconds as integer microseconds."""
+    out: npt.NDArray[np.int64] = np.rint(np.asarray(seconds) * 1e6).astype(np.int64)
+    return out
 
 
-def connection_digits(connection: str) -> str:
-    """The connection as fixed-width digits (3 per UTF-8 byte, padded to 64 bytes)."""
-    raw = connection.encode()
-    if len(raw) > CONNECTION_BYTES:
-        raise ValueError(f"connection longer than {CONNECTION_BYTES} bytes: {connection!r}")
-    return "".join(f"{byte:03d}" for byte in raw).ljust(3 * CONNECTION_BYTES, "0")
+def key_prefixes(
+    tick_us: npt.NDArray[np.int64], volume: npt.NDArray[np.int64], recv_us: npt.NDArray[np.int64]
+) -> list[str]:
+    """Digits of (tick time, cumulative volume, receive time) per row."""
+    columns = (
+        _clipped(tick_us, _TIME_DIGITS),
+        _clipped(volume, _VOLUME_DIGITS),
+        _clipped(recv_us, _TIME_DIGITS),
+    )
+    return [f"{t:016d}{v:013d}{r:016d}" for t, v, r in zip(*columns, strict=True)]
 
 
-def row_prefixes(rows: Rows, received_at: FloatArray) -> npt.NDArray[np.str_]:
+def row_prefixes(rows: Rows, received_at: FloatArray) -> list[str]:
     """Per row: digits of (tick time, cumulative volume, receive time)."""
-    tick_us = _digits(_micros(tick_times(rows, received_at)), _TIME_DIGITS)
-    volume = _digits(rows["volume_traded"].astype(np.int64), _VOLUME_DIGITS)
-    recv_us = _digits(_micros(received_at), _TIME_DIGITS)
-    prefixes: npt.NDArray[np.str_] = np.char.add(np.char.add(tick_us, volume), recv_us)
-    return prefixes
+    return key_prefixes(
+        micros(tick_times(rows, received_at)),
+        rows["volume_traded"].astype(np.int64),
+        micros(received_at),
+    )
 
 
 def batch_suffix(connection: str, seq: int) -> str:
     """Digits of (connection, seq): the part of the order key shared by a batch's rows."""
-    return connection_digits(connection) + f"{seq:0{_SEQ_DIGITS}d}"
+    return f"{zlib.crc32(connection.encode()):010d}{min(max(seq, 0), 10**_SEQ_DIGITS - 1):019d}"
 
 
-def index_digits(packet_index: npt.NDArray[np.int64]) -> npt.NDArray[np.str_]:
+def index_digits(packet_index: npt.NDArray[np.int64]) -> list[str]:
     """Digits of each row's packet index (its position in the decoded batch)."""
-    return _digits(np.asarray(packet_index, dtype=np.int64), _INDEX_DIGITS)
+    return [f"{i:06d}" for i in _clipped(packet_index, _INDEX_DIGITS)]
 
 
 def order_keys(
@@ -98,10 +103,12 @@ def order_keys(
     suffix = batch_suffix(connection, seq)
     if packet_index is None:
         packet_index = np.arange(rows.size, dtype=np.int64)
-    keys = np.char.add(
-        np.char.add(row_prefixes(rows, received_at), suffix), index_digits(packet_index)
-    )
-    return [str(key) for key in keys.tolist()]
+    return [
+        prefix + suffix + index
+        for prefix, index in zip(
+            row_prefixes(rows, received_at), index_digits(packet_index), strict=True
+        )
+    ]
 
 
 def packed_rows(rows: Rows) -> list[bytes]:
