@@ -118,7 +118,9 @@ def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         from ticker_tasks.backfill.bench import format_bench, run_backfill_bench
 
         figures = run_backfill_bench(
-            instruments=args.instruments, days=args.days, concurrency=args.concurrency
+            instruments=20 if args.instruments is None else args.instruments,
+            days=args.days,
+            concurrency=4 if args.concurrency is None else args.concurrency,
         )
         if args.json:
             print(json.dumps(figures))
@@ -129,7 +131,7 @@ def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     if args.bench == "codec":
         from ticker_tasks.kite.codec_bench import run_codec_bench
 
-        result = run_codec_bench(seconds=args.seconds)
+        result = run_codec_bench(seconds=3.0 if args.seconds is None else args.seconds)
         if args.json:
             print(json.dumps(result))
         else:
@@ -137,6 +139,10 @@ def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
             print(f"kiteconnect: {result['kiteconnect_pkts_per_s']:>14,.0f} packets/s")
             print(f"ratio:       {result['ratio']:>14,.1f}x")
         return 0
+    if args.bench == "pipeline":
+        from ticker_tasks.pipeline.bench_cli import pipeline_command
+
+        return pipeline_command(args)
     raise ConfigError(f"unknown benchmark {args.bench!r}")
 
 
@@ -196,12 +202,27 @@ def build_parser() -> argparse.ArgumentParser:
     replay.set_defaults(handler=_cmd_replay)
 
     bench = sub.add_parser("bench", help="run a benchmark")
-    bench.add_argument("bench", choices=["codec", "backfill"])
+    bench.add_argument("bench", choices=["codec", "backfill", "pipeline"])
     bench.add_argument("--json", action="store_true", help="print one JSON object")
-    bench.add_argument("--seconds", type=float, default=3.0, help="codec: measuring time")
-    bench.add_argument("--instruments", type=int, default=20, help="backfill: instruments")
+    bench.add_argument(
+        "--seconds", type=float, default=None, help="measuring time (codec 3, pipeline 30)"
+    )
+    bench.add_argument(
+        "--instruments",
+        type=int,
+        default=None,
+        help="backfill: instruments (20); pipeline: instruments subscribed (rate / 10)",
+    )
     bench.add_argument("--days", type=int, default=70, help="backfill: days of minute candles")
-    bench.add_argument("--concurrency", type=int, default=4, help="backfill: worker processes")
+    bench.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="worker pool processes (backfill 4, pipeline 3 per worker)",
+    )
+    from ticker_tasks.pipeline.bench_cli import add_pipeline_arguments
+
+    add_pipeline_arguments(bench)
     bench.set_defaults(handler=_cmd_bench)
     return parser
 

@@ -8,7 +8,7 @@ line naming the variable, so a bad value never surfaces as a traceback.
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -365,6 +365,12 @@ class Settings(BaseSettings):
         None,
         description="Directory for raw-frame capture files (one per connection per day); unset: "
         "no capture.",
+    )
+    streamer_source: Literal["stream", "mock"] = Field(
+        "stream",
+        description="Source stamped on the streamer's tick batches: stream (live, held to the "
+        "trading session and to now) or mock (simulated feeds and load tests at any hour: "
+        "timestamps are checked against each frame's receive time).",
     )
     ticks_dedup_window: PositiveInt = Field(
         100_000,

@@ -28,10 +28,11 @@ import psycopg2
 import redis
 from sqlalchemy.engine import make_url
 
+from ticker_tasks.pipeline.bench_stack import CLAIM_KEY  # one claim protocol: tests and benches
+
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-CLAIM_KEY = "ticker_tasks:test-db-claim:{index}"
 
 
 class ServiceUnavailableForTests(RuntimeError):

@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--universe-size", type=int, default=2000, help="minimum instruments (default 2000)")
     add("--follow-calendar", action="store_true",
         help="trade only 09:15-15:30 IST on weekdays (default: always open)")  # fmt: skip
+    add("--every-slot", action="store_true",
+        help="send every subscribed token in every slot (load tests)")  # fmt: skip
     add("--quote-rate", type=float, default=1.0, help="quote requests/s per api_key (1)")
     add("--historical-rate", type=float, default=3.0, help="historical requests/s (3)")
     add("--order-rate", type=float, default=10.0, help="order requests/s (10)")
@@ -86,6 +88,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         ticks_per_second=args.ticks_per_second,
         universe_size=args.universe_size,
         follow_calendar=args.follow_calendar,
+        every_slot=args.every_slot,
         rate_limits=RateLimits(
             quote_per_s=args.quote_rate,
             historical_per_s=args.historical_rate,

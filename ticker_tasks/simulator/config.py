@@ -98,6 +98,9 @@ class SimulatorConfig:
             produce per second (60 x this must be a whole number between 1 and 600).
         universe_size: Minimum number of instruments to list.
         follow_calendar: Trade only 09:15-15:30 IST on weekdays (else every minute trades).
+        every_slot: Send every subscribed instrument in every slot, traded or not (a quote
+            refresh, as Kite sends on order-book changes): a connection then streams
+            ``subscriptions x ticks_per_second`` ticks per second (load tests).
         rate_limits: REST rate limits.
         max_tokens_per_connection: Subscription cap of one ticker connection.
         max_connections_per_key: Concurrent ticker connections per api_key.
@@ -118,6 +121,7 @@ class SimulatorConfig:
     ticks_per_second: float = 1.0
     universe_size: int = 2000
     follow_calendar: bool = False
+    every_slot: bool = False
     rate_limits: RateLimits = field(default_factory=RateLimits)
     max_tokens_per_connection: int = 3000
     max_connections_per_key: int = 3

@@ -268,7 +268,8 @@ class TickerHub:
         conn.resolved_version = universe.version
 
     def fanout(self, trades: SlotTrades) -> None:
-        """Queue this slot's ticks: one frame per connection with its traded tokens."""
+        """Queue this slot's ticks: one frame per connection with its traded tokens (every
+        subscribed token with ``every_slot``)."""
         if not self.connections:
             return
         universe = self.state.model.universe
@@ -283,7 +284,7 @@ class TickerHub:
             if stale.any():  # after a skip-ahead or a listing change: recompute, then stream
                 self.state.ensure(conn.rows[stale])
                 ready = self.state.ready
-            pick = traded[conn.rows] & ready[conn.rows]
+            pick = (traded[conn.rows] | self.config.every_slot) & ready[conn.rows]
             if conn.snapshot:
                 wanted, _ = universe.indices_of_tokens(sorted(conn.snapshot))
                 pick |= np.isin(conn.rows, wanted) & ready[conn.rows]

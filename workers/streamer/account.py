@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from schemas.ticks import Source
 from ticker_tasks.errors import AuthError
 from ticker_tasks.leases import Lease
 from ticker_tasks.subscriptions.plan import ConnectionDiff
@@ -68,6 +69,8 @@ class ConnectionOptions:
     canaries: tuple[int, ...] = field(default_factory=tuple)
     #: Replace a connection whose canary lags its freshest sibling's this long (0 = off).
     canary_lag_s: float = 0.0
+    #: Source stamped on the batches (``stream``, or ``mock`` for simulated feeds).
+    source: Source = "stream"
 
 
 class AccountStreamer:
@@ -191,6 +194,7 @@ class AccountStreamer:
                 self._on_batch,
                 account_id=self.account_id,
                 connection=connection_id,
+                source=options.source,
             ),
             outages=self._outages,
             on_order=self._on_order,

@@ -127,6 +127,7 @@ class StreamerService:
             capture_dir=settings.streamer_capture_dir or None,
             canaries=tuple(settings.subscription_canary_tokens),
             canary_lag_s=settings.streamer_canary_lag_s,
+            source=settings.streamer_source,
         )
 
     # ------------------------------------------------------------------ callbacks
