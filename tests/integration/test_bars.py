@@ -32,7 +32,7 @@ from ticker_tasks.kite.codec import TICK_DTYPE, decode_many, encode
 from ticker_tasks.market.registry import RegistryCache
 from ticker_tasks.pipeline.batch import TickPipeline
 from ticker_tasks.pipeline.publish import PUBLISHED_KEY
-from ticker_tasks.pipeline.state import STATE_ORDER_KEY, STATE_ROWS_KEY
+from ticker_tasks.pipeline.state import STATE_ORDER_KEY, STATE_ROWS_KEY, order_key_array
 from ticker_tasks.settings import Settings
 from ticker_tasks.tasks.ticks import SEEN_KEY, run_batch
 
@@ -301,9 +301,9 @@ def stream_rows(spec: list[tuple[int, int, float, int]]) -> np.ndarray:
 
 
 def merge(client: redis.Redis, rows: np.ndarray, seq: int, source: str = "stream") -> None:
-    bars = aggregate(
-        rows, rows["exchange_timestamp"] + 0.5, np.arange(rows.size), connection="G:0", seq=seq
-    )
+    received, index = rows["exchange_timestamp"] + 0.5, np.arange(rows.size)
+    keys = order_key_array(rows, received, index, connection="G:0", seq=seq)
+    bars = aggregate(rows, received, index, keys)
     BarMerger(client, ttl_s=7200).merge(bars, source=source)
 
 

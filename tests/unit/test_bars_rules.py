@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from schemas.feed import Outage
-from ticker_tasks.bars.aggregate import aggregate
+from ticker_tasks.bars.aggregate import PartialBars, aggregate
 from ticker_tasks.bars.closing import OutageWindows, bar_volume, quality
 from ticker_tasks.kite.codec import TICK_DTYPE
 from ticker_tasks.market.calendar import IST
+from ticker_tasks.pipeline.state import NO_KEY, order_key_array
 
 MINUTE = int(dt.datetime(2026, 11, 24, 10, 0, tzinfo=IST).timestamp())
 
@@ -31,6 +32,13 @@ def full_rows(spec: list[tuple[int, int, float, int, int]]) -> np.ndarray:
     return rows
 
 
+def partial_bars(
+    rows: np.ndarray, received: np.ndarray, index: np.ndarray, *, seq: int
+) -> PartialBars:
+    keys = order_key_array(rows, received, index, connection="A:0", seq=seq)
+    return aggregate(rows, received, index, keys)
+
+
 def test_partial_bars_group_by_instrument_and_minute_and_take_edges_by_order_key() -> None:
     spec = [
         (11, MINUTE + 5, 100.0, 1_000, 50),
@@ -41,9 +49,7 @@ def test_partial_bars_group_by_instrument_and_minute_and_take_edges_by_order_key
         (22, MINUTE + 10, 10.0, 5, 0),
     ]
     rows = full_rows(spec)
-    bars = aggregate(
-        rows, np.full(len(spec), MINUTE + 90.0), np.arange(len(spec)), connection="A:0", seq=3
-    )
+    bars = partial_bars(rows, np.full(len(spec), MINUTE + 90.0), np.arange(len(spec)), seq=3)
     assert bars.token.tolist() == [11, 11, 22]
     assert bars.minute.tolist() == [MINUTE, MINUTE + 60, MINUTE]
     assert bars.open.tolist() == [101.0, 98.0, 10.0]
@@ -53,8 +59,9 @@ def test_partial_bars_group_by_instrument_and_minute_and_take_edges_by_order_key
     assert bars.volume_max.tolist() == [1_200, 1_300, 5]
     assert bars.volume_min.tolist() == [900, 1_300, 5]
     assert bars.oi.tolist() == [60, 70, 0]
-    assert bars.oi_key[2] == ""
-    assert bars.open_key[0] < bars.oi_key[0] < bars.close_key[0]
+    keys = [[bytes(k[i]) for i in range(3)] for k in (bars.open_key, bars.oi_key, bars.close_key)]
+    assert keys[1][2] == NO_KEY.encode()
+    assert keys[0][0] < keys[1][0] < keys[2][0]
 
 
 def test_partial_bars_do_not_depend_on_row_order() -> None:
@@ -72,13 +79,14 @@ def test_partial_bars_do_not_depend_on_row_order() -> None:
     rows = full_rows(spec)
     received = np.array([MINUTE + 200.0 + rng.random() for _ in spec])
     index = np.arange(len(spec))
-    first = aggregate(rows, received, index, connection="A:0", seq=1)
+    first = partial_bars(rows, received, index, seq=1)
     perm = np.array(rng.sample(range(len(spec)), len(spec)))
-    second = aggregate(rows[perm], received[perm], index[perm], connection="A:0", seq=1)
+    second = partial_bars(rows[perm], received[perm], index[perm], seq=1)
     for name in ("token", "minute", "open", "close", "high", "low", "volume_max", "volume_min"):
         assert np.array_equal(getattr(first, name), getattr(second, name)), name
     assert np.array_equal(first.oi, second.oi)
-    assert first.open_key == second.open_key and first.close_key == second.close_key
+    for name in ("open_key", "close_key", "oi_key"):
+        assert np.array_equal(getattr(first, name), getattr(second, name)), name
 
 
 def test_volume_is_the_difference_of_cumulative_volumes_within_a_day() -> None:

@@ -22,31 +22,37 @@ from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
+import numpy.typing as npt
 
 from ticker_tasks.pipeline.columns import Rows
-from ticker_tasks.pipeline.state import batch_suffix, index_digits, key_prefixes, micros
+from ticker_tasks.pipeline.state import KEY_BYTES, micros
 from ticker_tasks.pipeline.validate import FloatArray, IntArray, tick_times
 
 #: Bits of a bar's ``sources`` field: which batch sources contributed ticks.
 SOURCE_BITS: Final = {"stream": 1, "mock": 2, "replay": 4}
 _NO_VOLUME: Final = np.iinfo(np.int64).max
+KeyArray = npt.NDArray[np.uint8]
 
 
 @dataclass(frozen=True)
 class PartialBars:
-    """One partial bar per ``(instrument_token, minute)`` present in a batch (same order)."""
+    """One partial bar per ``(instrument_token, minute)`` present in a batch (same order).
+
+    Keys are ``(bars, KEY_BYTES)`` digit arrays; a bar without open interest has the all-zero
+    key :data:`~ticker_tasks.pipeline.state.NO_KEY` as ``oi_key``.
+    """
 
     token: IntArray
     minute: IntArray
-    open_key: list[str]
+    open_key: KeyArray
     open: FloatArray
-    close_key: list[str]
+    close_key: KeyArray
     close: FloatArray
     high: FloatArray
     low: FloatArray
     volume_max: IntArray
     volume_min: IntArray
-    oi_key: list[str]
+    oi_key: KeyArray
     oi: IntArray
 
     def __len__(self) -> int:
@@ -54,12 +60,7 @@ class PartialBars:
 
 
 def aggregate(
-    rows: Rows,
-    received_at: FloatArray,
-    packet_index: IntArray,
-    *,
-    connection: str,
-    seq: int,
+    rows: Rows, received_at: FloatArray, packet_index: IntArray, keys: KeyArray
 ) -> PartialBars:
     """The partial bars of a batch's validated rows.
 
@@ -67,8 +68,7 @@ def aggregate(
         rows: Validated rows.
         received_at: Receive time of each row's frame.
         packet_index: Each row's index in the decoded batch.
-        connection: The batch's connection.
-        seq: The batch's sequence number.
+        keys: The rows' order keys (:func:`~ticker_tasks.pipeline.state.order_key_array`).
     """
     received_at = np.asarray(received_at, dtype=np.float64)
     packet_index = np.asarray(packet_index, dtype=np.int64)
@@ -91,15 +91,15 @@ def aggregate(
         return PartialBars(
             empty_i,
             empty_i,
-            [],
+            keys[:0],
             empty_f,
-            [],
+            keys[:0],
             empty_f,
             empty_f,
             empty_f,
             empty_i,
             empty_i,
-            [],
+            keys[:0],
             empty_i,
         )
     new_group = np.ones(n, dtype=np.bool_)
@@ -110,28 +110,15 @@ def aggregate(
     oi_pos = np.maximum.reduceat(np.where(s_oi > 0, positions, -1), starts)
     has_oi = oi_pos >= 0
 
-    edge = np.concatenate([starts, ends, oi_pos[has_oi]])
-    picked = order[edge]
-    suffix = batch_suffix(connection, seq)
-    keys = [
-        prefix + suffix + index
-        for prefix, index in zip(
-            key_prefixes(tick_us[picked], volume[picked], recv_us[picked]),
-            index_digits(packet_index[picked]),
-            strict=True,
-        )
-    ]
-    groups = starts.size
-    oi_keys = [""] * groups
-    for slot, key in zip(np.flatnonzero(has_oi).tolist(), keys[2 * groups :], strict=True):
-        oi_keys[slot] = key
+    oi_keys = np.full((starts.size, KEY_BYTES), ord("0"), dtype=np.uint8)
+    oi_keys[has_oi] = keys[order[oi_pos[has_oi]]]
     volume_min = np.minimum.reduceat(np.where(s_volume > 0, s_volume, _NO_VOLUME), starts)
     return PartialBars(
         token=s_token[starts],
         minute=s_minute[starts],
-        open_key=keys[:groups],
+        open_key=keys[order[starts]],
         open=s_price[starts],
-        close_key=keys[groups : 2 * groups],
+        close_key=keys[order[ends]],
         close=s_price[ends],
         high=np.maximum.reduceat(s_price, starts),
         low=np.minimum.reduceat(s_price, starts),

@@ -57,6 +57,7 @@ from ticker_tasks.bars.live import (
 from ticker_tasks.market.registry import RegistryCache
 from ticker_tasks.metrics import Metrics
 from ticker_tasks.pipeline.publish import publish_message
+from ticker_tasks.pipeline.state import NO_KEY
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +253,7 @@ class BarCloser:
                     volume=bar_volume(
                         bar.volume_max, bar.volume_min, bar.minute, previous.get(bar)
                     ),
-                    oi=bar.oi if bar.oi_key else None,
+                    oi=bar.oi if bar.oi_key != NO_KEY else None,
                     quality=quality(bar.sources, gap),
                     gap_seconds=gap,
                 )

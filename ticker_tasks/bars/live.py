@@ -30,6 +30,7 @@ import numpy as np
 import redis
 
 from ticker_tasks.bars.aggregate import SOURCE_BITS, PartialBars
+from ticker_tasks.pipeline.state import KEY_BYTES
 
 BAR_KEY: Final = "ticker_tasks:bars:1m:{minute}"
 MINUTES_KEY: Final = "ticker_tasks:bars:minutes"
@@ -38,12 +39,14 @@ DIRTY_KEY: Final = "ticker_tasks:bars:dirty"
 DIRTY_VERSION_KEY: Final = "ticker_tasks:bars:dirty:version"
 
 # KEYS: minutes, dirty, dirty version, watermark, bar hash 1..k.
-# ARGV: ttl, source bit, payload (msgpack: slot, token, open_key, open, close_key, close,
-#       high, low, vmax, vmin, oi_key, oi; one array each), minute 1..k.
+# ARGV: ttl, source bit, key size, payload (msgpack: slot, token, open keys, open, close keys,
+#       close, high, low, vmax, vmin, oi keys, oi; one array each, keys as concatenated
+#       blobs), minute 1..k.
 _MERGE: Final = """
 local ttl = tonumber(ARGV[1])
 local src = tonumber(ARGV[2])
-local p = cmsgpack.unpack(ARGV[3])
+local ks = tonumber(ARGV[3])
+local p = cmsgpack.unpack(ARGV[4])
 local watermark = tonumber(redis.call('GET', KEYS[4]) or '0')
 local slots, tokens = p[1], p[2]
 local by_slot = {}
@@ -55,7 +58,7 @@ end
 local changed = 0
 for slot, rows in pairs(by_slot) do
   local hkey = KEYS[4 + slot]
-  local minute = ARGV[3 + slot]
+  local minute = ARGV[4 + slot]
   local late = tonumber(minute) <= watermark
   for first = 1, #rows, 500 do
     local last = math.min(first + 499, #rows)
@@ -65,8 +68,10 @@ for slot, rows in pairs(by_slot) do
     local out = {}
     for k = first, last do
       local i = rows[k]
-      local b = {p[3][i], p[4][i], p[5][i], p[6][i], p[7][i], p[8][i], p[9][i], p[10][i],
-                 p[11][i], p[12][i], src}
+      local first_byte, last_byte = (i - 1) * ks + 1, i * ks
+      local b = {string.sub(p[3], first_byte, last_byte), p[4][i],
+                 string.sub(p[5], first_byte, last_byte), p[6][i], p[7][i], p[8][i], p[9][i],
+                 p[10][i], string.sub(p[11], first_byte, last_byte), p[12][i], src}
       local cur = held[k - first + 1]
       if cur then
         local t = cmsgpack.unpack(cur)
@@ -171,23 +176,23 @@ class BarMerger:
             [
                 (slot.reshape(-1) + 1).tolist(),
                 bars.token.tolist(),
-                bars.open_key,
+                np.ascontiguousarray(bars.open_key).tobytes(),
                 bars.open.tolist(),
-                bars.close_key,
+                np.ascontiguousarray(bars.close_key).tobytes(),
                 bars.close.tolist(),
                 bars.high.tolist(),
                 bars.low.tolist(),
                 bars.volume_max.tolist(),
                 bars.volume_min.tolist(),
-                bars.oi_key,
+                np.ascontiguousarray(bars.oi_key).tobytes(),
                 bars.oi.tolist(),
             ],
-            use_bin_type=True,
+            use_bin_type=False,  # Redis' cmsgpack reads raw strings, not the bin type
         )
         minute_list = [int(m) for m in minutes.tolist()]
         keys = [MINUTES_KEY, DIRTY_KEY, DIRTY_VERSION_KEY, WATERMARK_KEY]
         keys.extend(BAR_KEY.format(minute=m) for m in minute_list)
-        args: list[Any] = [self._ttl_s, SOURCE_BITS[source], payload, *minute_list]
+        args: list[Any] = [self._ttl_s, SOURCE_BITS[source], KEY_BYTES, payload, *minute_list]
         return int(self._script(keys=keys, args=args))
 
 

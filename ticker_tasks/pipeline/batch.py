@@ -20,6 +20,7 @@ from ticker_tasks.market.calendar import TradingCalendar
 from ticker_tasks.market.registry import RegistryCache
 from ticker_tasks.pipeline.columns import Rows
 from ticker_tasks.pipeline.publish import Publisher
+from ticker_tasks.pipeline.state import order_key_array
 from ticker_tasks.pipeline.validate import (
     BatchRef,
     FloatArray,
@@ -133,14 +134,17 @@ class TickPipeline:
                 maxlen=self._settings.ticks_dead_letter_maxlen,
             )
         good_received = received_at[checked.good_index]
-        published = self._publisher.publish(batch, checked.good, good_received, checked.good_index)
-        partial = aggregate(
+        keys = order_key_array(
             checked.good,
             good_received,
             checked.good_index,
             connection=batch.connection,
             seq=batch.seq,
         )
+        published = self._publisher.publish(
+            batch, checked.good, good_received, checked.good_index, keys
+        )
+        partial = aggregate(checked.good, good_received, checked.good_index, keys)
         return PipelineOutcome(
             good=int(checked.good.size),
             rejected=checked.counts,

@@ -43,16 +43,16 @@ from typing import Any, Final
 
 import msgpack  # type: ignore[import-untyped]
 import numpy as np
+import numpy.typing as npt
 import orjson
 import redis
 
 from ticker_tasks.pipeline.columns import Rows, column_arrays, mode_names
 from ticker_tasks.pipeline.state import (
+    KEY_BYTES,
     STATE_ORDER_KEY,
     STATE_ROWS_KEY,
-    batch_suffix,
-    index_digits,
-    row_prefixes,
+    order_key_array,
 )
 from ticker_tasks.pipeline.validate import BatchRef, FloatArray, IntArray
 
@@ -65,9 +65,9 @@ PUBLISHED_TTL_S: Final = 7 * 86_400
 MODES: Final = ("ltp", "quote", "full")
 
 # KEYS: published, state order, state rows, stream, channel 1..n.
-# ARGV: seq, window, ttl, maxlen, stream message, batch suffix, n, channel message 1..n,
-#       then rows (msgpack: tokens, key prefixes, index digits), packed rows (concatenated),
-#       row size. (Three arguments rather than four per row: per-argument overhead dominates.)
+# ARGV: seq, window, ttl, maxlen, stream message, key size, n, channel message 1..n, then
+#       tokens (msgpack array), order keys (concatenated), packed rows (concatenated), row
+#       size. (A few blobs rather than arguments per row: per-argument overhead dominates.)
 _APPLY: Final = """
 if redis.call('ZADD', KEYS[1], 'NX', ARGV[1], ARGV[1]) == 0 then
   return {0, 0}
@@ -75,15 +75,14 @@ end
 redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[2]) + 1))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 local n = tonumber(ARGV[7])
-local suffix = ARGV[6]
+local key_size = tonumber(ARGV[6])
 -- Newest row of each token within the batch.
 local best, value, tokens = {}, {}, {}
-local rows = cmsgpack.unpack(ARGV[8 + n])
-local packed, size = ARGV[9 + n], tonumber(ARGV[10 + n])
-local row_tokens, prefixes, indexes = rows[1], rows[2], rows[3]
+local row_tokens = cmsgpack.unpack(ARGV[8 + n])
+local order_keys, packed, size = ARGV[9 + n], ARGV[10 + n], tonumber(ARGV[11 + n])
 for i = 1, #row_tokens do
   local token = row_tokens[i]
-  local key = prefixes[i] .. suffix .. indexes[i]
+  local key = string.sub(order_keys, (i - 1) * key_size + 1, i * key_size)
   local seen = best[token]
   if not seen then
     tokens[#tokens + 1] = token
@@ -203,6 +202,7 @@ class Publisher:
         rows: Rows,
         received_at: FloatArray,
         packet_index: IntArray | None = None,
+        order_keys: npt.NDArray[np.uint8] | None = None,
     ) -> PublishOutcome:
         """Merge ``rows`` into the state and publish them, once per ``(connection, seq)``.
 
@@ -211,6 +211,8 @@ class Publisher:
             rows: Validated rows (nothing is done when empty).
             received_at: Receive time of each row's frame.
             packet_index: Each row's index in the decoded batch (``0..n-1`` when omitted).
+            order_keys: The rows' order keys (:func:`~ticker_tasks.pipeline.state.order_key_array`),
+                computed here when omitted.
 
         Raises:
             redis.RedisError: Redis is unreachable (the script is atomic: all or nothing).
@@ -227,27 +229,31 @@ class Publisher:
         channels = channel_messages(
             batch, rows, received_at, index, whole=len(np.unique(rows["mode"])) == 1
         )
-        per_row = msgpack.packb(
-            [
-                rows["instrument_token"].astype(np.int64).tolist(),
-                row_prefixes(rows, received_at),
-                index_digits(index),
-            ]
-        )
+        if order_keys is None:
+            order_keys = order_key_array(
+                rows, received_at, index, connection=batch.connection, seq=batch.seq
+            )
         args: list[Any] = [
             batch.seq,
             self._dedup_window,
             PUBLISHED_TTL_S,
             self._stream_maxlen,
             stream_message,
-            batch_suffix(batch.connection, batch.seq),
+            KEY_BYTES,
             len(channels),
             *[
                 stream_message if len(channels) == 1 else encode_message(message)
                 for message in channels.values()
             ],
         ]
-        args.extend((per_row, np.ascontiguousarray(rows).tobytes(), rows.dtype.itemsize))
+        args.extend(
+            (
+                msgpack.packb(rows["instrument_token"].astype(np.int64).tolist()),
+                np.ascontiguousarray(order_keys).tobytes(),
+                np.ascontiguousarray(rows).tobytes(),
+                rows.dtype.itemsize,
+            )
+        )
         keys = [
             PUBLISHED_KEY.format(connection=batch.connection),
             STATE_ORDER_KEY,

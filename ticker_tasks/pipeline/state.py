@@ -43,6 +43,10 @@ _TIME_DIGITS: Final = 16
 _VOLUME_DIGITS: Final = 13
 _SEQ_DIGITS: Final = 19
 _INDEX_DIGITS: Final = 6
+#: Length of an order key (digits).
+KEY_BYTES: Final = 2 * _TIME_DIGITS + _VOLUME_DIGITS + 10 + _SEQ_DIGITS + _INDEX_DIGITS
+#: The key below every real key (a bar with no open interest yet holds it as its OI key).
+NO_KEY: Final = "0" * KEY_BYTES
 _ROW_VOID: Final = np.dtype((np.void, TICK_DTYPE.itemsize))
 
 
@@ -61,42 +65,10 @@ def _digit_columns(values: npt.NDArray[np.int64], width: int) -> npt.NDArray[np.
     return digits
 
 
-def _strings(columns: npt.NDArray[np.uint8]) -> list[str]:
-    """Each row of an ``(n, width)`` ASCII byte array as a string."""
-    width = columns.shape[1]
-    raw = np.ascontiguousarray(columns).view(f"S{width}").reshape(-1)
-    text: list[str] = raw.astype(f"U{width}").tolist()
-    return text
-
-
 def micros(seconds: FloatArray) -> npt.NDArray[np.int64]:
     """Epoch seconds as integer microseconds."""
     out: npt.NDArray[np.int64] = np.rint(np.asarray(seconds) * 1e6).astype(np.int64)
     return out
-
-
-def key_prefixes(
-    tick_us: npt.NDArray[np.int64], volume: npt.NDArray[np.int64], recv_us: npt.NDArray[np.int64]
-) -> list[str]:
-    """Digits of (tick time, cumulative volume, receive time) per row (vectorized)."""
-    return _strings(
-        np.hstack(
-            [
-                _digit_columns(tick_us, _TIME_DIGITS),
-                _digit_columns(volume, _VOLUME_DIGITS),
-                _digit_columns(recv_us, _TIME_DIGITS),
-            ]
-        )
-    )
-
-
-def row_prefixes(rows: Rows, received_at: FloatArray) -> list[str]:
-    """Per row: digits of (tick time, cumulative volume, receive time)."""
-    return key_prefixes(
-        micros(tick_times(rows, received_at)),
-        rows["volume_traded"].astype(np.int64),
-        micros(received_at),
-    )
 
 
 def batch_suffix(connection: str, seq: int) -> str:
@@ -104,9 +76,31 @@ def batch_suffix(connection: str, seq: int) -> str:
     return f"{zlib.crc32(connection.encode()):010d}{min(max(seq, 0), 10**_SEQ_DIGITS - 1):019d}"
 
 
-def index_digits(packet_index: npt.NDArray[np.int64]) -> list[str]:
-    """Digits of each row's packet index (its position in the decoded batch)."""
-    return _strings(_digit_columns(packet_index, _INDEX_DIGITS))
+def order_key_array(
+    rows: Rows,
+    received_at: FloatArray,
+    packet_index: npt.NDArray[np.int64],
+    *,
+    connection: str,
+    seq: int,
+) -> npt.NDArray[np.uint8]:
+    """The order key of each row as an ``(n, KEY_BYTES)`` array of ASCII digits (vectorized).
+
+    Built once per batch and shared by the state merge and the bars; ``keys.tobytes()`` is
+    what the Lua scripts slice (``KEY_BYTES`` per row).
+    """
+    received_at = np.asarray(received_at, dtype=np.float64)
+    suffix = np.frombuffer(batch_suffix(connection, seq).encode(), dtype=np.uint8)
+    keys: npt.NDArray[np.uint8] = np.hstack(
+        [
+            _digit_columns(micros(tick_times(rows, received_at)), _TIME_DIGITS),
+            _digit_columns(rows["volume_traded"].astype(np.int64), _VOLUME_DIGITS),
+            _digit_columns(micros(received_at), _TIME_DIGITS),
+            np.broadcast_to(suffix, (rows.size, suffix.size)),
+            _digit_columns(np.asarray(packet_index, dtype=np.int64), _INDEX_DIGITS),
+        ]
+    )
+    return keys
 
 
 def order_keys(
@@ -116,19 +110,14 @@ def order_keys(
     seq: int,
     packet_index: npt.NDArray[np.int64] | None = None,
 ) -> list[str]:
-    """The full order key of each row (what the Lua script builds from its arguments).
+    """The full order key of each row as text.
 
     ``packet_index`` defaults to ``0..n-1`` (``rows`` is the whole decoded batch).
     """
-    suffix = batch_suffix(connection, seq)
     if packet_index is None:
         packet_index = np.arange(rows.size, dtype=np.int64)
-    return [
-        prefix + suffix + index
-        for prefix, index in zip(
-            row_prefixes(rows, received_at), index_digits(packet_index), strict=True
-        )
-    ]
+    keys = order_key_array(rows, received_at, packet_index, connection=connection, seq=seq)
+    return [bytes(row).decode() for row in keys]
 
 
 def packed_rows(rows: Rows) -> list[bytes]:
