@@ -31,7 +31,7 @@ from ticker_tasks.db.models import Candle
 from ticker_tasks.kite.codec import TICK_DTYPE, decode_many, encode
 from ticker_tasks.market.registry import RegistryCache
 from ticker_tasks.pipeline.batch import TickPipeline
-from ticker_tasks.pipeline.publish import PUBLISHED_KEY
+from ticker_tasks.pipeline.publish import PUBLISHED_KEY, STREAM_KEY
 from ticker_tasks.pipeline.state import STATE_ORDER_KEY, STATE_ROWS_KEY, order_key_array
 from ticker_tasks.settings import Settings
 from ticker_tasks.tasks.ticks import SEEN_KEY, run_batch
@@ -204,6 +204,30 @@ def expected_volumes(batches: list[TickBatch]) -> dict[tuple[int, int], int]:
     return out
 
 
+def state_of(client: redis.Redis, tokens: list[int]) -> list[tuple[bytes, bytes]]:
+    """The latest state (order key, packed row) of ``tokens``."""
+    return list(
+        zip(
+            client.hmget(STATE_ORDER_KEY, tokens), client.hmget(STATE_ROWS_KEY, tokens), strict=True
+        )
+    )
+
+
+def stream_of(client: redis.Redis, batches: list[TickBatch], after: str = "0-0") -> list[bytes]:
+    """The published stream messages of ``batches`` after the stream id ``after``."""
+    ids = {b.batch_id for b in batches}
+    return [
+        fields[b"m"]
+        for _, fields in client.xrange(STREAM_KEY, f"({after}", "+")
+        if json.loads(fields[b"m"])["batch_id"] in ids
+    ]
+
+
+def last_stream_id(client: redis.Redis) -> str:
+    last = client.xrevrange(STREAM_KEY, "+", "-", count=1)
+    return last[0][0].decode() if last else "0-0"
+
+
 def forget(
     client: redis.Redis, tokens: list[int], minutes: list[int], batches: list[TickBatch]
 ) -> None:
@@ -249,6 +273,9 @@ def test_redelivered_and_shuffled_batches_on_two_workers_give_identical_bars_and
     for batch in batches + batches:
         run_batch(redis_client, pipeline, batch, window=1000)
     bars_a = bars_of(redis_client, tokens, minutes)
+    state_a = state_of(redis_client, tokens)
+    stream_a = stream_of(redis_client, batches)
+    assert len(state_a) == len(tokens) and len(stream_a) == len(batches)
     assert len(bars_a) == len(tokens) * 3
     outcome = closer(redis_client, sessions).run(time.time())
     assert outcome.closed >= len(bars_a)
@@ -273,6 +300,7 @@ def test_redelivered_and_shuffled_batches_on_two_workers_give_identical_bars_and
     }
     app = producer_app()
     log = tmp_path / "worker.log"
+    start = last_stream_id(redis_client)
     with celery_worker(["ticks"], env=env, concurrency=2, log_path=log):
         for batch in shuffled:
             app.send_task(
@@ -280,9 +308,13 @@ def test_redelivered_and_shuffled_batches_on_two_workers_give_identical_bars_and
             )
         same = wait_for(lambda: bars_of(redis_client, tokens, minutes) == bars_a)
         assert same, log.read_text()[-3000:]
+        same = wait_for(lambda: sorted(stream_of(redis_client, batches, start)) == sorted(stream_a))
+        assert same, log.read_text()[-3000:]
         app.send_task(CLOSE_BARS, queue="ticks")
         closed = wait_for(lambda: candles_of(sessions, sorted(ids.values())) == candles_a)
         assert closed, log.read_text()[-3000:]
+    assert state_of(redis_client, tokens) == state_a
+    assert len(stream_of(redis_client, batches, start)) == len(batches)  # none appended twice
 
 
 # ------------------------------------------------------------------------------ feed gaps

@@ -53,6 +53,7 @@ from ticker_tasks.pipeline.state import (
     STATE_ORDER_KEY,
     STATE_ROWS_KEY,
     order_key_array,
+    packed_rows,
 )
 from ticker_tasks.pipeline.validate import BatchRef, FloatArray, IntArray
 
@@ -250,7 +251,7 @@ class Publisher:
             (
                 msgpack.packb(rows["instrument_token"].astype(np.int64).tolist()),
                 np.ascontiguousarray(order_keys).tobytes(),
-                np.ascontiguousarray(rows).tobytes(),
+                packed_rows(rows),
                 rows.dtype.itemsize,
             )
         )

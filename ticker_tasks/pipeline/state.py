@@ -47,7 +47,6 @@ _INDEX_DIGITS: Final = 6
 KEY_BYTES: Final = 2 * _TIME_DIGITS + _VOLUME_DIGITS + 10 + _SEQ_DIGITS + _INDEX_DIGITS
 #: The key below every real key (a bar with no open interest yet holds it as its OI key).
 NO_KEY: Final = "0" * KEY_BYTES
-_ROW_VOID: Final = np.dtype((np.void, TICK_DTYPE.itemsize))
 
 
 def _clipped(values: npt.NDArray[np.int64], width: int) -> npt.NDArray[np.int64]:
@@ -120,10 +119,16 @@ def order_keys(
     return [bytes(row).decode() for row in keys]
 
 
-def packed_rows(rows: Rows) -> list[bytes]:
-    """Each row as its raw record bytes (the stored state value)."""
-    packed: list[bytes] = np.ascontiguousarray(rows).view(_ROW_VOID).tolist()
-    return packed
+def packed_rows(rows: Rows) -> bytes:
+    """The rows' records, concatenated (``itemsize`` bytes each: the stored state values).
+
+    Canonical bytes: fields are copied one by one into zeroed records, so the padding
+    between fields is zero whatever memory the rows came from, and equal rows pack equal.
+    """
+    canonical = np.zeros(rows.size, dtype=TICK_DTYPE)
+    for name in TICK_DTYPE.names or ():
+        canonical[name] = rows[name]
+    return canonical.tobytes()
 
 
 def unpack_rows(values: list[bytes]) -> Rows:
