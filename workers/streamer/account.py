@@ -19,7 +19,6 @@ flush the batchers, close).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -39,8 +38,12 @@ from workers.streamer.connection import (
     TickerConnection,
     lagging_canaries,
 )
+from workers.streamer.tasks import cancel_and_wait, finish
 
 log = logging.getLogger(__name__)
+
+#: How long a stopped connection's task may take to end before it is cancelled.
+CONNECTION_EXIT_S = 5.0
 
 
 def token_diff(old: Mapping[int, str], new: Mapping[int, str]) -> ConnectionDiff:
@@ -214,14 +217,24 @@ class AccountStreamer:
         )
         return connection
 
-    async def _close_connection(self, index: int) -> None:
-        connection = self.connections.pop(index)
-        task = self._tasks.pop(index)
+    async def _close_connection(
+        self, index: int, exit_timeout_s: float = CONNECTION_EXIT_S
+    ) -> None:
+        """Stop a connection, wait for its task (bounded), flush its batcher, forget it.
+
+        It is forgotten last: a close interrupted half-way is done again by the next one.
+        """
+        connection, task = self.connections.get(index), self._tasks.get(index)
+        if connection is None or task is None:
+            return  # closed meanwhile
         await connection.stop()
-        await _finish(task, 5.0)
+        await finish(task, exit_timeout_s)
         connection.batcher.close()
         if connection.capture is not None:
             connection.capture.close()
+        if self.connections.get(index) is connection:
+            del self.connections[index]
+            del self._tasks[index]
 
     # ------------------------------------------------------------------ stopping
 
@@ -238,22 +251,12 @@ class AccountStreamer:
                 )
         await self.close()
 
-    async def close(self) -> None:
-        """Close every socket now and flush the batchers."""
+    async def close(self, exit_timeout_s: float = CONNECTION_EXIT_S) -> None:
+        """Close every socket now and flush the batchers (bounded: about
+        ``exit_timeout_s`` + 4 s at most, the connections are closed concurrently)."""
         self._closed = True
         if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
-        for index in sorted(self.connections):
-            await self._close_connection(index)
-
-
-async def _finish(task: asyncio.Task[None], timeout_s: float) -> None:
-    """Wait for a task to end; cancel it after ``timeout_s``."""
-    try:
-        await asyncio.wait_for(asyncio.shield(task), timeout=timeout_s)
-    except TimeoutError:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+            await cancel_and_wait([self._poller])
+        await asyncio.gather(
+            *(self._close_connection(i, exit_timeout_s) for i in sorted(self.connections))
+        )

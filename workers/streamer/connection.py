@@ -27,6 +27,10 @@ A :class:`TickerConnection` owns one socket of one account (connection id
   changes. HTTP 429 is retried with backoff.
 * **Outages**: every interruption (last frame before it, until subscribed again) is appended
   to :data:`~schemas.feed.OUTAGES_STREAM` by :class:`OutageLog`.
+
+Every wait is bounded with ``asyncio.timeout``, never ``asyncio.wait_for``: on Python 3.11 the
+latter loses a cancellation that arrives as its awaitable completes (see
+:mod:`workers.streamer.tasks`), and a lost cancellation here would keep a socket reading.
 """
 
 from __future__ import annotations
@@ -190,7 +194,8 @@ class AccountAuth:
     async def wait_allowed(self, timeout_s: float) -> bool:
         """Wait until connecting is allowed; False when ``timeout_s`` passed first."""
         try:
-            await asyncio.wait_for(self._allowed.wait(), timeout=timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._allowed.wait()
         except TimeoutError:
             return False
         return True
@@ -389,12 +394,13 @@ class TickerConnection:
     async def _sleep(self, delay: float) -> None:
         jittered = delay * (0.5 + random.random() / 2)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopped.wait(), timeout=jittered)
+            async with asyncio.timeout(jittered):
+                await self._stopped.wait()
 
     async def _connect_and_stream(self, account: KiteAccount) -> None:
         url = f"{self._ws_root}?api_key={account.api_key}&access_token={account.access_token}"
-        ws = await asyncio.wait_for(
-            connect(
+        async with asyncio.timeout(self._connect_timeout_s + 1):
+            ws = await connect(
                 url,
                 open_timeout=self._connect_timeout_s,
                 ping_interval=None,
@@ -402,9 +408,7 @@ class TickerConnection:
                 max_size=None,
                 close_timeout=2.0,
                 proxy=None,
-            ),
-            timeout=self._connect_timeout_s + 1,
-        )
+            )
         if self._stopping:
             # stop() ran while connecting: it saw no socket to close, so close this one here
             # instead of streaming until the silence watchdog (ticks keep it from firing).
@@ -429,8 +433,7 @@ class TickerConnection:
             self._live = False
             self._ws = None
             self.stats.connected = False
-            with contextlib.suppress(OSError, TimeoutError, ConnectionClosed):
-                await asyncio.wait_for(ws.close(), timeout=2.0)
+            await self._close_ws(ws)
         if not self._stopping:
             self.stats.reconnects += 1
             self._begin_outage(reason)
@@ -440,7 +443,8 @@ class TickerConnection:
         """Read until the socket ends; the reason."""
         while True:
             try:
-                message = await asyncio.wait_for(ws.recv(), timeout=self._silence_timeout_s)
+                async with asyncio.timeout(self._silence_timeout_s):
+                    message = await ws.recv()
             except TimeoutError:
                 return "silent"
             except ConnectionClosed:
@@ -535,7 +539,8 @@ class TickerConnection:
     @staticmethod
     async def _close_ws(ws: ClientConnection) -> None:
         with contextlib.suppress(OSError, TimeoutError, ConnectionClosed):
-            await asyncio.wait_for(ws.close(), timeout=2.0)
+            async with asyncio.timeout(2.0):
+                await ws.close()
 
     # ------------------------------------------------------------------ stopping
 
@@ -565,5 +570,4 @@ class TickerConnection:
         self._stopped.set()
         ws = self._ws
         if ws is not None:
-            with contextlib.suppress(OSError, TimeoutError, ConnectionClosed):
-                await asyncio.wait_for(ws.close(), timeout=2.0)
+            await self._close_ws(ws)

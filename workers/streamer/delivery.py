@@ -20,7 +20,8 @@ then the buffer, then new batches keeps every connection's batches in order. A r
 probe runs with exponential backoff and jitter from :data:`FIRST_BACKOFF_S` up to
 ``TICKER_STREAMER_RECONNECT_MAX_S``: an asyncio connect that sends ``PING`` (Redis) or the
 protocol header (AMQP) and waits for any answer, so a dead or hung broker never blocks the
-event loop during an outage. Every wait has a timeout.
+event loop during an outage. Every wait has a timeout (``asyncio.timeout``, never
+``asyncio.wait_for``: see :mod:`workers.streamer.tasks`).
 
 Publishing is synchronous, on the event loop, with a short socket timeout
 (``TICKER_STREAMER_PUBLISH_TIMEOUT_S``): no thread. Measured here (Redis broker on localhost,
@@ -284,28 +285,31 @@ class Delivery:
             return True
         timeout = self._probe_timeout_s
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(target.host, target.port), timeout=timeout
-            )
+            async with asyncio.timeout(timeout):
+                reader, writer = await asyncio.open_connection(target.host, target.port)
         except (OSError, TimeoutError):
             return False
         try:
             if not target.hello:
                 return True
             writer.write(target.hello)
-            await asyncio.wait_for(writer.drain(), timeout=timeout)
-            return bool(await asyncio.wait_for(reader.read(1), timeout=timeout))
+            async with asyncio.timeout(timeout):
+                await writer.drain()
+            async with asyncio.timeout(timeout):
+                return bool(await reader.read(1))
         except (OSError, TimeoutError):
             return False
         finally:
             writer.close()
             with contextlib.suppress(OSError, TimeoutError):
-                await asyncio.wait_for(writer.wait_closed(), timeout=timeout)
+                async with asyncio.timeout(timeout):
+                    await writer.wait_closed()
 
     @staticmethod
     async def _wait(event: asyncio.Event, timeout_s: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout=timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await event.wait()
 
     # ------------------------------------------------------------------ shutdown
 
@@ -316,7 +320,8 @@ class Delivery:
         self._idle.clear()
         self._wakeup.set()
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout=timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
         except TimeoutError:
             return self.pending == 0
         return True

@@ -18,7 +18,11 @@
 
 SIGTERM / SIGINT: stop leasing and planning, unsubscribe everything and read until only
 heartbeats arrive (bounded), flush the batchers, drain the delivery, release the leases, exit
-0, all within ``streamer_shutdown_timeout_s``.
+0, all within ``streamer_shutdown_timeout_s``. Every wait of the stop is bounded, and none
+relies on a single ``task.cancel()``: on Python 3.11 a cancellation can be lost inside a Redis
+call (see :mod:`workers.streamer.tasks`), so the loops also end by themselves once the stop is
+requested, and tasks are cancelled again until they end
+(:func:`~workers.streamer.tasks.cancel_and_wait`).
 
 Database calls (desired set, credentials, account list) are short synchronous queries with the
 database's connect and statement timeouts, run on the loop (no thread).
@@ -32,7 +36,7 @@ import json
 import logging
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
 import redis.asyncio as aioredis
@@ -58,6 +62,7 @@ from workers.streamer.account import AccountStreamer, ConnectionOptions
 from workers.streamer.connection import OutageLog
 from workers.streamer.delivery import Delivery
 from workers.streamer.stats import PREFIX, DeliveryCollector
+from workers.streamer.tasks import cancel_and_wait, finish, run_all
 
 if TYPE_CHECKING:
     import redis
@@ -73,6 +78,12 @@ CLUSTER_PLAN_KEY: Final = "ticker_tasks:streamer:plan"
 ORDER_UPDATE: Final = "ticker_tasks.orders.update"
 #: Buckets (seconds) of the subscription-change latency histogram.
 APPLY_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: Bounds (seconds) of the steps of the stop besides the drain.
+WORKERS_STOP_S: Final = 2.0
+FORCED_CLOSE_S: Final = 6.0
+DELIVERY_STOP_S: Final = 2.0
+RELEASE_S: Final = 3.0
+HTTP_STOP_S: Final = 2.0
 
 
 class StreamerService:
@@ -87,8 +98,10 @@ class StreamerService:
         redis_sync: redis.Redis,
         sessions: sessionmaker[Session],
         owner_id: str,
+        on_stop: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
+        self._on_stop = on_stop
         self._app = app
         self._redis = redis_async
         self._sessions = sessions
@@ -160,11 +173,19 @@ class StreamerService:
 
     # ------------------------------------------------------------------ main
 
+    def request_stop(self) -> None:
+        """Begin the graceful stop (SIGTERM / SIGINT); ``on_stop`` is called on the first."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        if self._on_stop is not None:
+            self._on_stop()
+
     async def run(self) -> int:
         """Stream until SIGTERM/SIGINT; the exit status."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
+            loop.add_signal_handler(sig, self.request_stop)
         runner = await self._start_http()
         delivery = loop.create_task(self.delivery.run(), name="delivery")
         workers = [
@@ -177,46 +198,43 @@ class StreamerService:
         await self._stop.wait()
         deadline = time.monotonic() + self.settings.streamer_shutdown_timeout_s
         log.info("stopping: draining %d accounts", len(self.accounts))
-        for task in workers:
-            task.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
+        # Cancelled again until they end, bounded: one cancellation can be lost (tasks.py).
+        await cancel_and_wait(workers, WORKERS_STOP_S)
 
         def left() -> float:
             return max(0.5, deadline - time.monotonic())
 
+        held = list(self.accounts.values())
         budget = left() * 0.5
-        try:
-            # The whole drain is bounded, whatever state a socket is in (even mid-connect).
-            async with asyncio.timeout(budget + 1.0):
-                await asyncio.gather(*(a.drain(budget) for a in self.accounts.values()))
-        except TimeoutError:
+        # The whole drain is bounded, whatever state a socket is in (even mid-connect).
+        if not await run_all((a.drain(budget) for a in held), budget + 1.0, name="drain"):
             log.error("accounts not drained before the deadline: closing their sockets")
-            for account in list(self.accounts.values()):
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(2.0):
-                        await account.close()
+            await run_all((a.close(exit_timeout_s=1.0) for a in held), FORCED_CLOSE_S, name="close")
         if not await self.delivery.drain(left() - 1.0):
             log.error(
                 "%d tick batches not sent before the deadline (journaled)", self.delivery.pending
             )
         self.delivery.close()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(delivery, timeout=2.0)
-        for account in list(self.accounts.values()):
-            with contextlib.suppress(ServiceUnavailable):
-                await self.leases.release(account.lease)
+        await finish(delivery, DELIVERY_STOP_S)
+        await run_all((self._release(a.lease) for a in held), RELEASE_S, name="release")
         self.accounts.clear()
         if runner is not None:
-            await runner.cleanup()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(HTTP_STOP_S):
+                    await runner.cleanup()
         log.info("streamer stopped")
         return 0
+
+    async def _release(self, lease: Lease) -> None:
+        with contextlib.suppress(ServiceUnavailable):
+            await self.leases.release(lease)
 
     # ------------------------------------------------------------------ leases
 
     async def _lease_loop(self) -> None:
         tick = min(self.leases.renew_every_s, self.settings.lease_poll_interval_s, 1.0)
         last_renew = last_poll = float("-inf")
-        while True:
+        while not self._stop.is_set():
             now = time.monotonic()
             if now - last_renew >= self.leases.renew_every_s:
                 last_renew = now
@@ -264,6 +282,8 @@ class StreamerService:
         try:
             free = await self.leases.unheld([a for a in enabled if a not in self.accounts])
             for account_id in free:
+                if self._stop.is_set():
+                    return
                 lease = await self.leases.try_acquire(account_id)
                 if lease is not None:
                     self._hold(account_id, lease)
@@ -289,11 +309,11 @@ class StreamerService:
     # ------------------------------------------------------------------ plan
 
     async def _listen(self) -> None:
-        while True:
+        while not self._stop.is_set():
             pubsub = self._redis.pubsub()
             try:
                 await pubsub.subscribe(store.SUBSCRIPTIONS_CHANNEL)
-                while True:
+                while not self._stop.is_set():
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None:
                         if self._notified_at is None:
@@ -304,20 +324,23 @@ class StreamerService:
                 self._replan.set()  # catch up on what was missed
                 await asyncio.sleep(1.0)
             finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await asyncio.wait_for(pubsub.aclose(), timeout=2.0)  # type: ignore[no-untyped-call]
+                with contextlib.suppress(RedisError, OSError):  # TimeoutError is an OSError
+                    async with asyncio.timeout(2.0):
+                        await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def _reconcile_timer(self) -> None:
         interval = self.settings.streamer_reconcile_interval_s
         if interval <= 0:
             return
-        while True:
+        while not self._stop.is_set():
             await asyncio.sleep(interval)
             self._replan.set()
 
     async def _planner(self) -> None:
-        while True:
+        while not self._stop.is_set():
             await self._replan.wait()
+            if self._stop.is_set():
+                return
             self._replan.clear()
             started = time.monotonic()
             notified, self._notified_at = self._notified_at, None
@@ -422,7 +445,7 @@ class StreamerService:
         app = web.Application()
         app.router.add_get("/metrics", metrics)
         app.router.add_get("/health", health)
-        runner = web.AppRunner(app, access_log=None)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         await web.TCPSite(runner, "0.0.0.0", port).start()  # noqa: S104 (scraped from outside)
         return runner
