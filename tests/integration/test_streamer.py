@@ -34,7 +34,7 @@ from alembic import command
 from schemas.feed import OUTAGES_STREAM, Outage
 from tests.support.db import truncate_all
 from tests.support.services import Service
-from tests.support.simulator import SimulatorHandle, free_port, running_simulator
+from tests.support.simulator import SimulatorHandle, running_simulator
 from tests.support.tcp_proxy import redis_proxy
 from tests.support.workers import celery_worker
 from ticker_tasks import accounts
@@ -43,6 +43,7 @@ from ticker_tasks.db.models import Account, Instrument, Subscription
 from ticker_tasks.leases import LEASE_KEY
 from ticker_tasks.market.jobs import refresh_instruments
 from ticker_tasks.market.registry import SNAPSHOT_KEY, VERSION_KEY, RegistryCache
+from ticker_tasks.processes import free_port
 from ticker_tasks.runtime import Runtime
 from ticker_tasks.settings import load_settings
 from ticker_tasks.subscriptions import store

