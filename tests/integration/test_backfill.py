@@ -20,20 +20,17 @@ from typing import Any
 import pytest
 from alembic.config import Config
 from celery import Celery
-from cryptography.fernet import Fernet
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from alembic import command
-from tests.support.db import truncate_all
 from tests.support.services import Service
 from tests.support.simulator import SimulatorHandle, running_simulator
+from tests.support.stack import sim_runtime
 from tests.support.workers import celery_worker, producer_app
-from ticker_tasks import accounts
 from ticker_tasks.backfill import RUN_TASK, cli, store
 from ticker_tasks.backfill.plan import Span, request_window
 from ticker_tasks.backfill.planning import ChunkSpec
-from ticker_tasks.crypto import CredentialCipher
 from ticker_tasks.db.engine import build_engine
 from ticker_tasks.db.models import BackfillJob, Instrument
 from ticker_tasks.market.calendar import IST, TradingCalendar
@@ -125,33 +122,24 @@ def _engine(url: str) -> Engine:
     return build_engine(load_settings(), url=url)
 
 
-def _truncate(runtime: Runtime) -> None:
-    truncate_all(runtime.engine)
-
-
 @pytest.fixture(scope="module")
 def stack(
     migrated_postgres_url: str, redis_service: Service, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
     _migrate(migrated_postgres_url)
-    secret = Fernet.generate_key().decode()
     accounts_spec = [f"{API_KEY}:{ACCESS_TOKEN}", f"{CHECK_KEY}:{CHECK_TOKEN}"]
-    with running_simulator(follow_calendar=True, universe_size=200, accounts=accounts_spec) as sim:
-        settings = load_settings(
+    with (
+        running_simulator(follow_calendar=True, universe_size=200, accounts=accounts_spec) as sim,
+        sim_runtime(
+            sim,
             database_url=migrated_postgres_url,
-            kite_rest_root=sim.rest_url,
-            secret_keys=secret,
-        )
-        runtime = Runtime.build(settings)
-        _truncate(runtime)
-        cipher = CredentialCipher.from_settings(settings)
-        with runtime.sessions.begin() as session:
-            accounts.add_account(
-                session, cipher, account_id="backfiller", api_key=API_KEY, api_secret="s"
-            )
-            accounts.set_access_token(session, cipher, "backfiller", ACCESS_TOKEN)
-        outcome = refresh_instruments(runtime)
-        assert outcome.applied, outcome.problems
+            redis_url=redis_service.url,
+            account_id="backfiller",
+            api_key=API_KEY,
+            access_token=ACCESS_TOKEN,
+        ) as built,
+    ):
+        runtime = built.runtime
         with runtime.sessions() as session:
             rows = session.execute(
                 select(Instrument.exchange, Instrument.tradingsymbol)
@@ -164,12 +152,7 @@ def stack(
         calendar = TradingCalendar(today.year - 1, today.year)
         last_day = _trading_day(calendar, today - dt.timedelta(days=1), -1)
         first_day = _trading_day(calendar, last_day - dt.timedelta(days=SPAN_DAYS - 1), 1)
-        env = {
-            "TICKER_REDIS_URL": redis_service.url,
-            "TICKER_DATABASE_URL": migrated_postgres_url,
-            "TICKER_KITE_REST_ROOT": sim.rest_url,
-            "TICKER_SECRET_KEYS": secret,
-        }
+        env = built.env
         log = tmp_path_factory.mktemp("backfill") / "worker.log"
         try:
             with celery_worker(["backfill"], env=env, concurrency=4, log_path=log):
@@ -177,9 +160,6 @@ def stack(
         except Exception:
             print(log.read_text() if log.exists() else "(no worker log)")
             raise
-        finally:
-            _truncate(runtime)
-            runtime.close()
 
 
 def _kite_candles(sim: SimulatorHandle, token: int, window: Span) -> list[tuple[Any, ...]]:

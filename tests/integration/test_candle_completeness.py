@@ -12,14 +12,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import pytest
-from cryptography.fernet import Fernet
 from sqlalchemy import select, text, update
 
-from tests.support.db import truncate_all
 from tests.support.services import Service
 from tests.support.simulator import SimulatorHandle, running_simulator
+from tests.support.stack import sim_runtime
 from tests.support.workers import celery_worker, producer_app
-from ticker_tasks import accounts
 from ticker_tasks.backfill import store
 from ticker_tasks.backfill.plan import Span
 from ticker_tasks.backfill.store import CandleRow
@@ -31,14 +29,11 @@ from ticker_tasks.bars.completeness import (
     request_budget,
 )
 from ticker_tasks.bars.rotation import ROTATION_KEY, Candidate, CheckRotation
-from ticker_tasks.crypto import CredentialCipher
 from ticker_tasks.db.models import Candle, FetchedRange, Instrument
 from ticker_tasks.market.calendar import IST, TradingCalendar
 from ticker_tasks.market.calendar import Session as TradingSession
-from ticker_tasks.market.jobs import refresh_instruments
 from ticker_tasks.metrics import Metrics
 from ticker_tasks.runtime import Runtime
-from ticker_tasks.settings import load_settings
 
 pytestmark = pytest.mark.integration
 
@@ -80,25 +75,21 @@ def _clear(runtime: Runtime) -> None:
         runtime.redis.delete(key)
 
 
-def _truncate(runtime: Runtime) -> None:
-    truncate_all(runtime.engine)
-
-
 @pytest.fixture(scope="module")
 def stack(migrated_postgres_url: str, redis_service: Service) -> Iterator[Stack]:
-    secret = Fernet.generate_key().decode()
     accounts_spec = [f"{API_KEY}:{ACCESS_TOKEN}"]
-    with running_simulator(follow_calendar=True, universe_size=60, accounts=accounts_spec) as sim:
-        settings = load_settings(
-            database_url=migrated_postgres_url, kite_rest_root=sim.rest_url, secret_keys=secret
-        )
-        runtime = Runtime.build(settings)
-        _truncate(runtime)
-        cipher = CredentialCipher.from_settings(settings)
-        with runtime.sessions.begin() as session:
-            accounts.add_account(session, cipher, account_id="cc", api_key=API_KEY, api_secret="s")
-            accounts.set_access_token(session, cipher, "cc", ACCESS_TOKEN)
-        assert refresh_instruments(runtime).applied
+    with (
+        running_simulator(follow_calendar=True, universe_size=60, accounts=accounts_spec) as sim,
+        sim_runtime(
+            sim,
+            database_url=migrated_postgres_url,
+            redis_url=redis_service.url,
+            account_id="cc",
+            api_key=API_KEY,
+            access_token=ACCESS_TOKEN,
+        ) as built,
+    ):
+        runtime = built.runtime
         now = dt.datetime.now(IST)
         calendar = TradingCalendar(now.year - 1, now.year)
         session = latest_session(calendar, now)
@@ -123,18 +114,10 @@ def stack(migrated_postgres_url: str, redis_service: Service) -> Iterator[Stack]
             for i in instruments
         }
         assert all(len(candles) > SEEDED + 10 for candles in rest.values())
-        env = {
-            "TICKER_REDIS_URL": redis_service.url,
-            "TICKER_DATABASE_URL": migrated_postgres_url,
-            "TICKER_KITE_REST_ROOT": sim.rest_url,
-            "TICKER_SECRET_KEYS": secret,
-        }
         try:
-            yield Stack(sim, runtime, env, calendar, now, session, instruments, rest)
+            yield Stack(sim, runtime, built.env, calendar, now, session, instruments, rest)
         finally:
             _clear(runtime)
-            _truncate(runtime)
-            runtime.close()
 
 
 def _seed_bars(stack: Stack, instrument_id: int) -> None:

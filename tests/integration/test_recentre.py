@@ -10,21 +10,16 @@ from pathlib import Path
 
 import pytest
 import redis
-from cryptography.fernet import Fernet
 
-from tests.support.db import truncate_all
 from tests.support.services import Service
 from tests.support.simulator import SimulatorHandle, running_simulator
+from tests.support.stack import sim_runtime
 from tests.support.workers import celery_worker, producer_app
-from ticker_tasks import accounts
-from ticker_tasks.crypto import CredentialCipher
 from ticker_tasks.db.models import Subscription
 from ticker_tasks.locks import SLOT_KEY
 from ticker_tasks.market.calendar import IST
-from ticker_tasks.market.jobs import refresh_instruments
 from ticker_tasks.market.registry import InstrumentTable, RegistryCache
 from ticker_tasks.runtime import Runtime
-from ticker_tasks.settings import load_settings
 from ticker_tasks.subscriptions import store
 from ticker_tasks.subscriptions.recentre import price_source, recentre_subscriptions
 
@@ -62,37 +57,21 @@ class FixedPrices:
         return {key: self.price for key in keys}
 
 
-def _truncate(runtime: Runtime) -> None:
-    truncate_all(runtime.engine)
-
-
 @pytest.fixture(scope="module")
 def stack(migrated_postgres_url: str, redis_service: Service) -> Iterator[Stack]:
-    secret = Fernet.generate_key().decode()
-    with running_simulator(universe_size=1000, accounts=[f"{API_KEY}:{ACCESS_TOKEN}"]) as sim:
-        settings = load_settings(
-            database_url=migrated_postgres_url, kite_rest_root=sim.rest_url, secret_keys=secret
-        )
-        runtime = Runtime.build(settings)
-        _truncate(runtime)
-        cipher = CredentialCipher.from_settings(settings)
-        with runtime.sessions.begin() as session:
-            accounts.add_account(session, cipher, account_id="rc", api_key=API_KEY, api_secret="s")
-            accounts.set_access_token(session, cipher, "rc", ACCESS_TOKEN)
-        outcome = refresh_instruments(runtime)
-        assert outcome.applied, outcome.problems
-        table = RegistryCache(runtime.redis, check_interval_s=0).current()
-        env = {
-            "TICKER_REDIS_URL": redis_service.url,
-            "TICKER_DATABASE_URL": migrated_postgres_url,
-            "TICKER_KITE_REST_ROOT": sim.rest_url,
-            "TICKER_SECRET_KEYS": secret,
-        }
-        try:
-            yield Stack(sim, runtime, table, env, dt.datetime.now(IST).date())
-        finally:
-            _truncate(runtime)
-            runtime.close()
+    with (
+        running_simulator(universe_size=1000, accounts=[f"{API_KEY}:{ACCESS_TOKEN}"]) as sim,
+        sim_runtime(
+            sim,
+            database_url=migrated_postgres_url,
+            redis_url=redis_service.url,
+            account_id="rc",
+            api_key=API_KEY,
+            access_token=ACCESS_TOKEN,
+        ) as built,
+    ):
+        table = RegistryCache(built.runtime.redis, check_interval_s=0).current()
+        yield Stack(sim, built.runtime, table, built.env, dt.datetime.now(IST).date())
 
 
 @pytest.fixture

