@@ -22,23 +22,17 @@ from ticker_tasks.tasks.periodic import run_periodic
 CLOSE_BARS = "ticker_tasks.bars.close"
 
 
-def _closer(task: BaseTask, runtime: Runtime) -> BarCloser:
-    """This process's closer, built on first use for the current runtime."""
-    cached: tuple[Runtime, BarCloser] | None = getattr(task, "_bar_closer", None)
-    if cached is None or cached[0] is not runtime:
-        settings = runtime.settings
-        closer = BarCloser(
-            runtime.redis,
-            runtime.sessions,
-            RegistryCache(runtime.redis, check_interval_s=settings.registry_check_interval_s),
-            grace_s=settings.bars_close_grace_s,
-            max_bars=settings.bars_close_max,
-            ttl_s=settings.bars_redis_ttl_s,
-            stream_maxlen=settings.bars_stream_maxlen,
-        )
-        cached = (runtime, closer)
-        task._bar_closer = cached
-    return cached[1]
+def _closer(runtime: Runtime) -> BarCloser:
+    settings = runtime.settings
+    return BarCloser(
+        runtime.redis,
+        runtime.sessions,
+        RegistryCache(runtime.redis, check_interval_s=settings.registry_check_interval_s),
+        grace_s=settings.bars_close_grace_s,
+        max_bars=settings.bars_close_max,
+        ttl_s=settings.bars_redis_ttl_s,
+        stream_maxlen=settings.bars_stream_maxlen,
+    )
 
 
 @app.task(
@@ -51,7 +45,7 @@ def _closer(task: BaseTask, runtime: Runtime) -> BarCloser:
 def close_bars(self: BaseTask) -> dict[str, Any]:
     """Close the changed bars of finished minutes into ``candles`` and publish them."""
     runtime = self.runtime
-    closer = _closer(self, runtime)
+    closer = self.per_runtime("bar_closer", _closer)
     return run_periodic(
         self,
         "bars.close",

@@ -51,7 +51,6 @@ from ticker_tasks.kite.codec import DecodeStats, Rows, decode_many
 from ticker_tasks.metrics import Metrics
 from ticker_tasks.pipeline.batch import TickPipeline
 from ticker_tasks.pipeline.validate import BatchRef
-from ticker_tasks.runtime import Runtime
 from ticker_tasks.tasks.base import BaseTask
 from ticker_tasks.tasks.retry import retry
 
@@ -164,15 +163,6 @@ def count_batch(
     return outcome
 
 
-def _pipeline(task: BaseTask, runtime: Runtime) -> TickPipeline:
-    """This process's pipeline, built on first use for the current runtime."""
-    cached: tuple[Runtime, TickPipeline] | None = getattr(task, "_tick_pipeline", None)
-    if cached is None or cached[0] is not runtime:
-        cached = (runtime, TickPipeline(runtime.settings, runtime.redis))
-        task._tick_pipeline = cached
-    return cached[1]
-
-
 def run_batch(
     client: redis.Redis, pipeline: TickPipeline, batch: TickBatch, *, window: int
 ) -> BatchOutcome:
@@ -242,7 +232,7 @@ def process_batch(self: BaseTask, *args: Any, **payload: Any) -> dict[str, Any]:
     try:
         outcome = run_batch(
             runtime.redis,
-            _pipeline(self, runtime),
+            self.per_runtime("tick_pipeline", lambda rt: TickPipeline(rt.settings, rt.redis)),
             batch,
             window=runtime.settings.ticks_dedup_window,
         )
