@@ -9,7 +9,7 @@ Layout (two hashes, field = ``instrument_token`` in decimal):
 
 "Newer" is the tuple ``(tick time, cumulative volume, receive time, connection, seq, packet
 index)`` compared lexicographically, where the tick time is the exchange timestamp when the
-packet has one, else the frame's receive time. :func:`order_keys` encodes that tuple as an
+packet has one, else the frame's receive time. :func:`order_key_array` encodes that tuple as an
 80-character **all-digit** string (times in microseconds, 16 digits each; volume 13 digits;
 the connection as the CRC-32 of its name, 10 digits; seq 19 digits; packet index 6 digits),
 so the Lua scripts compare tuples with one string comparison. Digits only matter: Redis' Lua
@@ -100,23 +100,6 @@ def order_key_array(
         ]
     )
     return keys
-
-
-def order_keys(
-    rows: Rows,
-    received_at: FloatArray,
-    connection: str,
-    seq: int,
-    packet_index: npt.NDArray[np.int64] | None = None,
-) -> list[str]:
-    """The full order key of each row as text.
-
-    ``packet_index`` defaults to ``0..n-1`` (``rows`` is the whole decoded batch).
-    """
-    if packet_index is None:
-        packet_index = np.arange(rows.size, dtype=np.int64)
-    keys = order_key_array(rows, received_at, packet_index, connection=connection, seq=seq)
-    return [bytes(row).decode() for row in keys]
 
 
 def packed_rows(rows: Rows) -> bytes:
